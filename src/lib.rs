@@ -1,0 +1,3 @@
+//! ropelens: pipelines for studying RoPE extensions of long-context LLMs.
+
+pub mod progress;
