@@ -1,3 +1,5 @@
 //! ropelens: pipelines for studying RoPE extensions of long-context LLMs.
 
+pub mod analysis;
 pub mod progress;
+pub mod report;
