@@ -388,12 +388,19 @@ pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<(), PlotError
             axis(y_lo, y_hi, &y_tick_list),
         )
         .map_err(draw_err(path))?;
+    let x_tick_px: Vec<i32> = x_tick_list
+        .iter()
+        .map(|t| ctx.backend_coord(&(t.0, y_lo)).0)
+        .collect();
+    let spacing = x_tick_px.windows(2).map(|w| (w[1] - w[0]).abs()).min();
+    let x_tick_size = fit_tick_size(&root, &x_tick_list, spacing, path)?;
     ctx.configure_mesh()
         .x_desc(chart.x_label.as_str())
         .y_desc(chart.y_label.as_str())
         .x_label_formatter(&x_fmt)
         .y_label_formatter(&y_fmt)
-        .label_style((FONT, TICK_SIZE))
+        .x_label_style((FONT, x_tick_size))
+        .y_label_style((FONT, TICK_SIZE))
         .axis_desc_style((FONT, AXIS_DESC_SIZE))
         .bold_line_style(RGBColor(225, 225, 225))
         .light_line_style(TRANSPARENT)
@@ -471,6 +478,30 @@ pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<(), PlotError
     }
     root.present().map_err(draw_err(path))?;
     Ok(())
+}
+
+/// The tick font size (at most the default, at least 11) at which the widest label fits in
+/// 90% of the space between neighbouring ticks.
+fn fit_tick_size(
+    root: &DrawingArea<BitMapBackend<'_>, Shift>,
+    ticks: &[(f64, String)],
+    spacing_px: Option<i32>,
+    path: &Path,
+) -> Result<u32, PlotError> {
+    let Some(spacing) = spacing_px else {
+        return Ok(TICK_SIZE);
+    };
+    let style = TextStyle::from((FONT, TICK_SIZE).into_font());
+    let mut widest = 1;
+    for (_, label) in ticks {
+        widest = widest.max(
+            root.estimate_text_size(label, &style)
+                .map_err(draw_err(path))?
+                .0,
+        );
+    }
+    let fit = (TICK_SIZE as f64 * 0.9 * spacing as f64 / widest as f64).floor() as u32;
+    Ok(fit.clamp(11, TICK_SIZE))
 }
 
 fn y_label_area_width(
@@ -836,13 +867,19 @@ pub fn render_heatmap(map: &Heatmap, path: &Path) -> Result<HeatmapLayout, PlotE
             axis(0.0, ny as f64, &y_ticks),
         )
         .map_err(draw_err(path))?;
+    let cell_px = {
+        let (xr, _) = ctx.plotting_area().get_pixel_range();
+        (xr.end - xr.start) / nx as i32
+    };
+    let x_tick_size = fit_tick_size(&root, &x_ticks, Some(cell_px), path)?;
     ctx.configure_mesh()
         .disable_mesh()
         .x_desc(map.x_label.as_str())
         .y_desc(map.y_label.as_str())
         .x_label_formatter(&x_fmt)
         .y_label_formatter(&y_fmt)
-        .label_style((FONT, TICK_SIZE))
+        .x_label_style((FONT, x_tick_size))
+        .y_label_style((FONT, TICK_SIZE))
         .axis_desc_style((FONT, AXIS_DESC_SIZE))
         .axis_style(RGBColor(90, 90, 90))
         .draw()
@@ -858,7 +895,22 @@ pub fn render_heatmap(map: &Heatmap, path: &Path) -> Result<HeatmapLayout, PlotE
     // Cells in pixel coordinates, so that they tile exactly without gaps or overlaps.
     let cell_w = (px_range.end - px_range.start) / nx as i32;
     let cell_h = (py_range.end - py_range.start) / ny as i32;
-    let ann_size = (cell_h.min(cell_w / 3) as f64 * 0.42).clamp(10.0, 22.0) as u32;
+    // Annotation size: the widest text fills at most 55% of a cell's width, 38% of its height.
+    let mut widest = 1;
+    if let Some(ann) = &map.annotations {
+        let probe = TextStyle::from((FONT, 20).into_font());
+        for v in ann.iter().flatten().flatten() {
+            let text = format!("{v:.*}", map.annotation_decimals);
+            widest = widest.max(
+                root.estimate_text_size(&text, &probe)
+                    .map_err(draw_err(path))?
+                    .0,
+            );
+        }
+    }
+    let ann_size = (20.0 * 0.55 * cell_w as f64 / widest as f64)
+        .min(0.38 * cell_h as f64)
+        .clamp(10.0, 22.0) as u32;
     for r in 0..ny {
         for c in 0..nx {
             let color = map.values[r][c].map_or(MISSING, score_color);
@@ -1243,6 +1295,49 @@ mod tests {
             dark > (b - t) as usize / 3,
             "dashed line at x = {l}: {dark} dark pixels"
         );
+    }
+
+    #[test]
+    fn dense_heatmap_stays_legible() {
+        let (_guard, dir) = out_dir();
+        let lengths: Vec<u64> = (0..16)
+            .map(|i| 128u64 << (i / 2) | ((i % 2) as u64 * (64u64 << (i / 2))))
+            .collect();
+        let xs: Vec<String> = lengths.iter().map(|l| l.to_string()).collect();
+        let ys: Vec<String> = (0..=10).map(|d| format!("{}%", d * 10)).collect();
+        let values: Vec<Vec<Option<f64>>> = (0..11)
+            .map(|r| {
+                (0..16)
+                    .map(|c| Some(((16 - c) as f64 / 10.0 - r as f64 * 0.02).clamp(0.0, 1.0)))
+                    .collect()
+            })
+            .collect();
+        let ann: Vec<Vec<Option<f64>>> = (0..11)
+            .map(|r| {
+                (0..16)
+                    .map(|c| Some(2.0 + c as f64 * 0.21 + r as f64 * 0.013))
+                    .collect()
+            })
+            .collect();
+        let mut map = Heatmap::new(
+            "Needle retrieval, PI x4: 16 lengths x 11 depths",
+            xs,
+            ys,
+            values,
+        );
+        map.annotations = Some(ann);
+        map.annotation_decimals = 1;
+        let train: Vec<f64> = lengths.iter().map(|&l| l as f64).collect();
+        map.vline = Some(VLine::new(
+            Heatmap::boundary_after(&train, 4096.0),
+            "fine-tuned 4096",
+        ));
+        let layout = render_heatmap(&map, &dir.join("needle_heatmap_dense.png")).unwrap();
+        let img = decode(&dir.join("needle_heatmap_dense.png"));
+        let (l, t, _, _) = layout.cell(10, 15);
+        assert_eq!(img.pixel(l + 3, t + 3), score_color(0.0));
+        let (l, t, _, _) = layout.cell(0, 0);
+        assert_eq!(img.pixel(l + 3, t + 3), score_color(1.0));
     }
 
     #[test]
