@@ -151,6 +151,39 @@ impl DistanceProfile {
         }
     }
 
+    /// Rebuilds a profile from stored columns (e.g. the `attention_distance` table of a
+    /// reference model), bucket `k` at index `k`.
+    ///
+    /// Errors: `mass` and `pairs` differ in length, or a mass is negative or non-finite.
+    pub fn from_parts(
+        buckets: DistanceBuckets,
+        mass: Vec<f64>,
+        pairs: Vec<u64>,
+        rows: u64,
+    ) -> Result<Self, AnalysisError> {
+        if mass.len() != pairs.len() {
+            return Err(AnalysisError::LengthMismatch {
+                what: "distance profile mass and pairs",
+                left: mass.len(),
+                right: pairs.len(),
+            });
+        }
+        super::check_finite("distance profile mass", &mass)?;
+        if let Some(index) = mass.iter().position(|&m| m < 0.0) {
+            return Err(AnalysisError::Negative {
+                what: "distance profile mass",
+                index,
+                value: mass[index],
+            });
+        }
+        Ok(Self {
+            buckets,
+            mass,
+            pairs,
+            rows,
+        })
+    }
+
     /// The bucketing.
     pub fn buckets(&self) -> DistanceBuckets {
         self.buckets
@@ -469,6 +502,28 @@ mod tests {
         assert_eq!(a.pairs(), &[2, 2, 2, 1]);
         let other = DistanceProfile::new(DistanceBuckets::new(4).unwrap());
         assert!(a.merge(&other).is_err());
+    }
+
+    #[test]
+    fn from_parts_round_trips_and_validates() {
+        let b = DistanceBuckets::default();
+        let mut p = DistanceProfile::new(b);
+        p.add_causal_row(&[0.1, 0.2, 0.3, 0.4]).unwrap();
+        let q = DistanceProfile::from_parts(b, p.mass().to_vec(), p.pairs().to_vec(), p.rows())
+            .unwrap();
+        assert_eq!(p, q);
+        assert!(matches!(
+            DistanceProfile::from_parts(b, vec![1.0], vec![1, 2], 1),
+            Err(AnalysisError::LengthMismatch {
+                left: 1,
+                right: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            DistanceProfile::from_parts(b, vec![1.0, -1.0], vec![1, 2], 1),
+            Err(AnalysisError::Negative { index: 1, .. })
+        ));
     }
 
     #[test]
