@@ -1,5 +1,7 @@
 //! ropelens: pipelines for studying RoPE extensions of long-context LLMs.
 
 pub mod analysis;
+pub mod device;
+pub mod model;
 pub mod progress;
 pub mod report;

@@ -1,0 +1,683 @@
+//! The LLaMA-family decoder as a burn [`Module`]: embeddings, RMSNorm, grouped-query attention
+//! with RoPE, SwiGLU MLP, final norm, tied or untied head.
+//!
+//! Parameters are the trainable state; the config (and so the RoPE) is carried beside them, not
+//! in them, so [`Llama::with_rope`] changes only the rotary frequencies of a trained model.
+//! Linear weights are stored `[in, out]` (burn's layout); the checkpoint module transposes to
+//! and from Hugging Face's `[out, in]`.
+//!
+//! Forwards (shapes in their docs): [`Llama::forward`] (logits; training and evaluation),
+//! [`Llama::nll`] (per-token NLL in chunks of positions, for long evaluation),
+//! [`Llama::forward_entropy`] (logits plus per-query attention entropy of every layer and head),
+//! [`Llama::attention_distance`] (mean attention probability by relative distance),
+//! [`Llama::attention_probs`] (the full probabilities, for short inputs), and
+//! [`Llama::forward_cached`] (KV cache, for greedy decoding).
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::module::embedding;
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+
+use super::attention::{
+    AttentionBlocks, attend_blockwise, attend_fused, attend_materialized, distance_sums,
+};
+use super::config::LlamaConfig;
+use super::error::{ModelError, Result};
+use super::rope::{RopeConfig, cos_sin};
+
+/// A linear layer `y = x W + b` with `W` stored `[in, out]`.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[in, out]`.
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    /// Normal(0, std) weights, zero bias.
+    pub fn init(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Self {
+        Linear {
+            weight: Param::from_tensor(Tensor::random(
+                [d_in, d_out],
+                Distribution::Normal(0.0, std),
+                device,
+            )),
+            bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
+        }
+    }
+
+    /// `[.., in]` -> `[.., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = x.matmul(self.weight.val().unsqueeze::<D>());
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<D>(),
+            None => y,
+        }
+    }
+}
+
+/// RMSNorm as in transformers: `w * x / sqrt(mean(x^2) + eps)`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// `[hidden]`.
+    pub weight: Param<Tensor<1>>,
+    /// Epsilon.
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// Weight ones.
+    pub fn init(dim: usize, eps: f64, device: &Device) -> Self {
+        RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([dim], device)),
+            eps,
+        }
+    }
+
+    /// `[.., hidden]` -> `[.., hidden]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
+        (x / rms) * self.weight.val().unsqueeze::<D>()
+    }
+}
+
+/// Self-attention projections.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// hidden -> heads * head_dim.
+    pub q_proj: Linear,
+    /// hidden -> kv_heads * head_dim.
+    pub k_proj: Linear,
+    /// hidden -> kv_heads * head_dim.
+    pub v_proj: Linear,
+    /// heads * head_dim -> hidden.
+    pub o_proj: Linear,
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// hidden -> intermediate.
+    pub gate_proj: Linear,
+    /// hidden -> intermediate.
+    pub up_proj: Linear,
+    /// intermediate -> hidden.
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    /// `[b, t, hidden]` -> `[b, t, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let g = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(g * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Attention.
+    pub self_attn: Attention,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// MLP.
+    pub mlp: Mlp,
+}
+
+/// The model.
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// Token embeddings `[vocab, hidden]`.
+    pub embed_tokens: Param<Tensor<2>>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub norm: RmsNorm,
+    /// Output head `[hidden, vocab]`; `None` when tied to the embeddings.
+    pub lm_head: Option<Linear>,
+    /// Architecture and RoPE (not a parameter).
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+/// How the attention of one forward runs and what it reports.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Full score matrix (autodiff-friendly).
+    Materialized,
+    /// burn's fused attention.
+    Fused,
+    /// Our blocks, with entropy.
+    Entropy(AttentionBlocks),
+    /// Full matrix, probabilities kept.
+    Probs,
+}
+
+/// What one layer's attention handed back besides its output.
+enum Stat {
+    None,
+    /// `[b, h, q]`.
+    Entropy(Tensor<3>),
+    /// `[b, h, q, k]`.
+    Probs(Tensor<4>),
+}
+
+/// Keys and values of earlier positions, per layer, after RoPE.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    /// Per layer `(k, v)`, each `[batch, kv_heads, len, head_dim]`.
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a model with `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; num_layers],
+            len: 0,
+        }
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Mean attention probability by relative distance, per layer and head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistanceProfile {
+    /// Bucket edges: bucket `i` holds distances `edges[i] <= d < edges[i + 1]`.
+    pub edges: Vec<usize>,
+    /// `[layer][head][bucket]`: summed probability over the batch and the causal (query, key)
+    /// pairs in the bucket.
+    pub prob_sum: Vec<Vec<Vec<f64>>>,
+    /// `[bucket]`: number of causal (query, key) pairs in the bucket over the batch.
+    pub pair_count: Vec<u64>,
+}
+
+impl DistanceProfile {
+    /// `[layer][head][bucket]` mean probability per (query, key) pair (0 for empty buckets).
+    pub fn mean(&self) -> Vec<Vec<Vec<f64>>> {
+        self.prob_sum
+            .iter()
+            .map(|layer| {
+                layer
+                    .iter()
+                    .map(|head| {
+                        head.iter()
+                            .zip(&self.pair_count)
+                            .map(|(s, &n)| if n == 0 { 0.0 } else { s / n as f64 })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Logits and the attention entropy of every query.
+#[derive(Debug, Clone)]
+pub struct EntropyOutput {
+    /// `[batch, seq, vocab]`.
+    pub logits: Tensor<3>,
+    /// `[layers, batch, heads, seq]`, nats.
+    pub entropy: Tensor<4>,
+}
+
+impl Llama {
+    /// A randomly initialised model (Normal(0, 0.02) weights as transformers, norms at 1).
+    /// Seed the device (`device.seed(s)`) first for a reproducible model.
+    pub fn init(config: &LlamaConfig, device: &Device) -> Result<Self> {
+        config.validate("model config")?;
+        let c = config;
+        let std = 0.02;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: RmsNorm::init(h, c.rms_norm_eps, device),
+                self_attn: Attention {
+                    q_proj: Linear::init(
+                        h,
+                        c.num_attention_heads * hd,
+                        c.attention_bias,
+                        std,
+                        device,
+                    ),
+                    k_proj: Linear::init(
+                        h,
+                        c.num_key_value_heads * hd,
+                        c.attention_bias,
+                        std,
+                        device,
+                    ),
+                    v_proj: Linear::init(
+                        h,
+                        c.num_key_value_heads * hd,
+                        c.attention_bias,
+                        std,
+                        device,
+                    ),
+                    o_proj: Linear::init(c.num_attention_heads * hd, h, c.o_proj_bias, std, device),
+                },
+                post_attention_layernorm: RmsNorm::init(h, c.rms_norm_eps, device),
+                mlp: Mlp {
+                    gate_proj: Linear::init(h, c.intermediate_size, c.mlp_bias, std, device),
+                    up_proj: Linear::init(h, c.intermediate_size, c.mlp_bias, std, device),
+                    down_proj: Linear::init(c.intermediate_size, h, c.mlp_bias, std, device),
+                },
+            })
+            .collect();
+        Ok(Llama {
+            embed_tokens: Param::from_tensor(Tensor::random(
+                [c.vocab_size, h],
+                Distribution::Normal(0.0, std),
+                device,
+            )),
+            layers,
+            norm: RmsNorm::init(h, c.rms_norm_eps, device),
+            lm_head: (!c.tie_word_embeddings)
+                .then(|| Linear::init(h, c.vocab_size, false, std, device)),
+            config: config.clone(),
+        })
+    }
+
+    /// The same weights with another RoPE (continual pretraining with a RoPE extension).
+    pub fn with_rope(mut self, rope: RopeConfig) -> Result<Self> {
+        rope.validate(self.config.head_dim, "rope")?;
+        self.config.rope = rope;
+        Ok(self)
+    }
+
+    /// The config.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device of the parameters.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.val().device()
+    }
+
+    /// cos and sin `[1, 1, n, head_dim]` for positions `start..start + n`, frequencies chosen
+    /// for a sequence of `rope_len` tokens (dynamic NTK and LongRoPE depend on it).
+    fn rope_tables(
+        &self,
+        start: usize,
+        n: usize,
+        rope_len: usize,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let c = &self.config;
+        let freqs = c
+            .rope
+            .frequencies(c.head_dim, c.max_position_embeddings, rope_len);
+        let (cos, sin) = cos_sin(&freqs, start..start + n);
+        let shape = [1, 1, n, c.head_dim];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+
+    fn check_ids(&self, ids: &Tensor<2, Int>) -> Result<[usize; 2]> {
+        let [b, t] = ids.dims();
+        if b == 0 || t == 0 {
+            return Err(ModelError::Input(format!(
+                "token ids must be a non-empty [batch, seq] tensor, got [{b}, {t}]"
+            )));
+        }
+        Ok([b, t])
+    }
+
+    /// The decoder without the head: final-norm hidden states `[b, t, hidden]` plus one stat
+    /// per layer. `cache` (if any) supplies and receives keys/values; positions start at its
+    /// length.
+    fn run(
+        &self,
+        ids: Tensor<2, Int>,
+        mode: Mode,
+        mut cache: Option<&mut KvCache>,
+        rope_len: Option<usize>,
+    ) -> (Tensor<3>, Vec<Stat>) {
+        let c = &self.config;
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let start = cache.as_ref().map_or(0, |kv| kv.len);
+        let (cos, sin) = self.rope_tables(start, t, rope_len.unwrap_or(start + t), &device);
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        // [b, t, hidden]
+        let mut x = embedding(self.embed_tokens.val(), ids);
+        let mut stats = Vec::with_capacity(self.layers.len());
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(x.clone());
+            let a = &layer.self_attn;
+            // [b, heads, t, hd]
+            let q = a
+                .q_proj
+                .forward(h.clone())
+                .reshape([b, t, heads, hd])
+                .swap_dims(1, 2);
+            // [b, kv_heads, t, hd]
+            let k = a
+                .k_proj
+                .forward(h.clone())
+                .reshape([b, t, kv_heads, hd])
+                .swap_dims(1, 2);
+            let v = a
+                .v_proj
+                .forward(h)
+                .reshape([b, t, kv_heads, hd])
+                .swap_dims(1, 2);
+            let q = apply_rope(q, cos.clone(), sin.clone());
+            let mut k = apply_rope(k, cos.clone(), sin.clone());
+            let mut v = v;
+            if let Some(kv) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = kv.layers[li].take() {
+                    k = Tensor::cat(vec![pk, k], 2);
+                    v = Tensor::cat(vec![pv, v], 2);
+                }
+                kv.layers[li] = Some((k.clone(), v.clone()));
+            }
+            let (o, stat) = match mode {
+                Mode::Materialized => (attend_materialized(q, k, v, start, false).0, Stat::None),
+                Mode::Fused if start == 0 || t == 1 => (attend_fused(q, k, v, start), Stat::None),
+                Mode::Fused => (
+                    attend_blockwise(q, k, v, start, AttentionBlocks::default(), false).0,
+                    Stat::None,
+                ),
+                Mode::Entropy(blocks) => {
+                    let (o, _, e) = attend_blockwise(q, k, v, start, blocks, true);
+                    (o, Stat::Entropy(e.expect("entropy requested")))
+                }
+                Mode::Probs => {
+                    let (o, p) = attend_materialized(q, k, v, start, true);
+                    (o, Stat::Probs(p.expect("probabilities requested")))
+                }
+            };
+            stats.push(stat);
+            // [b, t, heads * hd]
+            let o = o.swap_dims(1, 2).reshape([b, t, heads * hd]);
+            x = x + a.o_proj.forward(o);
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        if let Some(kv) = cache {
+            kv.len += t;
+        }
+        (self.norm.forward(x), stats)
+    }
+
+    /// Logits of final-norm hidden states: `[b, t, hidden]` -> `[b, t, vocab]`.
+    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.embed_tokens.val().transpose().unsqueeze::<3>()),
+        }
+    }
+
+    fn attention_mode(&self, ids: &Tensor<2, Int>) -> Mode {
+        if ids.device().is_autodiff() {
+            Mode::Materialized
+        } else {
+            Mode::Fused
+        }
+    }
+
+    /// Final-norm hidden states `[batch, seq, hidden]` of token ids `[batch, seq]`.
+    pub fn forward_hidden(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>> {
+        self.check_ids(&ids)?;
+        let mode = self.attention_mode(&ids);
+        Ok(self.run(ids, mode, None, None).0)
+    }
+
+    /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`. On an autodiff device the
+    /// attention is built from differentiable ops; otherwise it is burn's fused attention.
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>> {
+        Ok(self.head(self.forward_hidden(ids)?))
+    }
+
+    /// Mean next-token cross-entropy (nats) of `ids` `[batch, seq]`: the logits of
+    /// `ids[:, :-1]` against `ids[:, 1:]`; shape `[1]`. The training loss.
+    pub fn lm_loss(&self, ids: Tensor<2, Int>) -> Result<Tensor<1>> {
+        let [b, t] = self.check_ids(&ids)?;
+        if t < 2 {
+            return Err(ModelError::Input(format!(
+                "the loss needs at least 2 tokens per row, got {t}"
+            )));
+        }
+        let logits = self.forward(ids.clone().narrow(1, 0, t - 1))?;
+        let logp = log_softmax(logits, 2);
+        // [b, t - 1, 1]
+        let target = ids.narrow(1, 1, t - 1).unsqueeze_dim::<3>(2);
+        Ok(logp.gather(2, target).reshape([b * (t - 1)]).mean().neg())
+    }
+
+    /// Per-token negative log-likelihood `[batch, seq - 1]` (nats) of `ids[:, 1:]` given the
+    /// prefix, with the head and log-softmax applied `chunk` positions at a time so that long
+    /// inputs never hold `[batch, seq, vocab]` logits.
+    pub fn nll(&self, ids: Tensor<2, Int>, chunk: usize) -> Result<Tensor<2>> {
+        let [b, t] = self.check_ids(&ids)?;
+        if t < 2 {
+            return Err(ModelError::Input(format!(
+                "NLL needs at least 2 tokens per row, got {t}"
+            )));
+        }
+        let hidden = self.forward_hidden(ids.clone())?;
+        let chunk = chunk.max(1);
+        let mut parts = Vec::new();
+        for s in (0..t - 1).step_by(chunk) {
+            let n = chunk.min(t - 1 - s);
+            let logits = self.head(hidden.clone().narrow(1, s, n));
+            let logp = log_softmax(logits, 2);
+            // [b, n, 1]
+            let target = ids.clone().narrow(1, s + 1, n).unsqueeze_dim::<3>(2);
+            parts.push(logp.gather(2, target).reshape([b, n]).neg());
+        }
+        Ok(Tensor::cat(parts, 1))
+    }
+
+    /// Logits and per-layer, per-head attention entropy of every query, the attention computed
+    /// block by block (memory linear in length). Shapes in [`EntropyOutput`].
+    pub fn forward_entropy(
+        &self,
+        ids: Tensor<2, Int>,
+        blocks: AttentionBlocks,
+    ) -> Result<EntropyOutput> {
+        self.check_ids(&ids)?;
+        let (hidden, stats) = self.run(ids, Mode::Entropy(blocks), None, None);
+        let entropy = stats
+            .into_iter()
+            .map(|s| match s {
+                Stat::Entropy(e) => e,
+                _ => unreachable!("entropy mode returns entropy"),
+            })
+            .collect();
+        Ok(EntropyOutput {
+            logits: self.head(hidden),
+            entropy: Tensor::stack(entropy, 0),
+        })
+    }
+
+    /// Attention probabilities of every layer, `[layers, batch, heads, seq, seq]` (quadratic
+    /// memory: for short inputs and tests).
+    pub fn attention_probs(&self, ids: Tensor<2, Int>) -> Result<Tensor<5>> {
+        self.check_ids(&ids)?;
+        let (_, stats) = self.run(ids, Mode::Probs, None, None);
+        let probs = stats
+            .into_iter()
+            .map(|s| match s {
+                Stat::Probs(p) => p,
+                _ => unreachable!("probs mode returns probabilities"),
+            })
+            .collect();
+        Ok(Tensor::stack(probs, 0))
+    }
+
+    /// Mean attention probability by relative distance `d = query - key`, bucketed by `edges`
+    /// (strictly increasing; bucket `i` = `[edges[i], edges[i + 1])`), per layer and head, over
+    /// the batch and all causal pairs. Two blockwise passes per layer; memory linear in length.
+    pub fn attention_distance(
+        &self,
+        ids: Tensor<2, Int>,
+        edges: &[usize],
+        blocks: AttentionBlocks,
+    ) -> Result<DistanceProfile> {
+        let [b, t] = self.check_ids(&ids)?;
+        if edges.len() < 2 || edges.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ModelError::Input(format!(
+                "distance bucket edges must be at least 2 strictly increasing values, got {edges:?}"
+            )));
+        }
+        let max_d = (*edges.last().expect("2 edges")).min(t);
+        let c = &self.config;
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let device = ids.device();
+        let (cos, sin) = self.rope_tables(0, t, t, &device);
+        let mut x = embedding(self.embed_tokens.val(), ids);
+        let nb = edges.len() - 1;
+        let bucket_of = |d: usize| edges.windows(2).position(|w| w[0] <= d && d < w[1]);
+        let mut prob_sum = Vec::new();
+        for layer in &self.layers {
+            let h = layer.input_layernorm.forward(x.clone());
+            let a = &layer.self_attn;
+            let q = a
+                .q_proj
+                .forward(h.clone())
+                .reshape([b, t, heads, hd])
+                .swap_dims(1, 2);
+            let k = a
+                .k_proj
+                .forward(h.clone())
+                .reshape([b, t, kv_heads, hd])
+                .swap_dims(1, 2);
+            let v = a
+                .v_proj
+                .forward(h)
+                .reshape([b, t, kv_heads, hd])
+                .swap_dims(1, 2);
+            let q = apply_rope(q, cos.clone(), sin.clone());
+            let k = apply_rope(k, cos.clone(), sin.clone());
+            let (o, lse, _) = attend_blockwise(q.clone(), k.clone(), v, 0, blocks, false);
+            let sums = distance_sums(q, k, lse, 0, blocks, max_d);
+            let mut layer_sums = vec![vec![0f64; nb]; heads];
+            for (hi, head_sums) in layer_sums.iter_mut().enumerate() {
+                for d in 0..max_d {
+                    if let Some(bi) = bucket_of(d) {
+                        head_sums[bi] += sums[hi * max_d + d];
+                    }
+                }
+            }
+            prob_sum.push(layer_sums);
+            let o = o.swap_dims(1, 2).reshape([b, t, heads * hd]);
+            x = x + a.o_proj.forward(o);
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        let mut pair_count = vec![0u64; nb];
+        for d in 0..max_d {
+            if let Some(bi) = bucket_of(d) {
+                pair_count[bi] += (b * (t - d)) as u64;
+            }
+        }
+        Ok(DistanceProfile {
+            edges: edges.to_vec(),
+            prob_sum,
+            pair_count,
+        })
+    }
+
+    /// Forward of new tokens `[batch, n]` after the positions in `cache`, appending their keys
+    /// and values. Returns logits `[batch, n, vocab]` and, if `entropy`, the attention entropy
+    /// of the new queries `[layers, batch, heads, n]`.
+    ///
+    /// RoPE frequencies are those of a sequence of `cache.len() + n` tokens (for dynamic NTK
+    /// and LongRoPE this is what transformers' generate does: each step's new keys use the
+    /// frequencies of the length so far, cached keys keep theirs).
+    pub fn forward_cached(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+        entropy: Option<AttentionBlocks>,
+    ) -> Result<(Tensor<3>, Option<Tensor<4>>)> {
+        self.forward_cached_with_rope_len(ids, cache, entropy, None)
+    }
+
+    /// [`Llama::forward_cached`] with the RoPE length given explicitly (a prompt fed in two
+    /// pieces must use the length of the whole prompt for both, as one forward would).
+    pub fn forward_cached_with_rope_len(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+        entropy: Option<AttentionBlocks>,
+        rope_len: Option<usize>,
+    ) -> Result<(Tensor<3>, Option<Tensor<4>>)> {
+        self.check_ids(&ids)?;
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::Input(format!(
+                "KV cache has {} layers, the model {}",
+                cache.layers.len(),
+                self.layers.len()
+            )));
+        }
+        let mode = match entropy {
+            Some(blocks) => Mode::Entropy(blocks),
+            None => Mode::Fused,
+        };
+        let (hidden, stats) = self.run(ids, mode, Some(cache), rope_len);
+        let ent = entropy.map(|_| {
+            Tensor::stack(
+                stats
+                    .into_iter()
+                    .map(|s| match s {
+                        Stat::Entropy(e) => e,
+                        _ => unreachable!("entropy mode returns entropy"),
+                    })
+                    .collect(),
+                0,
+            )
+        });
+        Ok((self.head(hidden), ent))
+    }
+}
+
+/// RoPE in the half-split layout: `x * cos + rotate_half(x) * sin`,
+/// `rotate_half(x) = cat(-x[.., d/2..], x[.., ..d/2])`.
+///
+/// # Shapes
+/// - x: `[b, h, t, d]`, cos, sin: `[1, 1, t, d]`
+pub fn apply_rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let half = d / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos + rotated * sin
+}
+
+/// The values of a float tensor as f32 (any float dtype), row-major.
+pub fn to_f32_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float tensor data converts to f32")
+}
+
+/// Token ids `[batch, seq]` on `device` from rows of equal length.
+pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor<2, Int>> {
+    let t = rows.first().map_or(0, Vec::len);
+    if rows.iter().any(|r| r.len() != t) {
+        return Err(ModelError::Input("token rows differ in length".into()));
+    }
+    let flat: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
+    Ok(Tensor::from_data(
+        TensorData::new(flat, [rows.len(), t]),
+        device,
+    ))
+}

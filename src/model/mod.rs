@@ -1,0 +1,23 @@
+//! The LLaMA-family model with every RoPE extension, numerically matching Hugging Face
+//! transformers: config (config.json both layouts), RoPE frequencies, the burn module and its
+//! forwards (logits, NLL, attention entropy, distance profile, KV cache), greedy decoding,
+//! safetensors checkpoints, and a benchmark. See docs/model.md.
+
+pub mod attention;
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod llama;
+pub mod rope;
+
+pub use attention::AttentionBlocks;
+pub use checkpoint::{
+    CheckpointInfo, import_checkpoint, inspect_checkpoint, load_llama, save_llama,
+};
+pub use config::{HfLayout, LlamaConfig};
+pub use error::{ModelError, Result};
+pub use generate::{GreedyOptions, GreedyOutput, greedy_decode};
+pub use llama::{DistanceProfile, EntropyOutput, KvCache, Llama, ids_tensor};
+pub use rope::{RopeConfig, RopeFrequencies, RopeScaling};

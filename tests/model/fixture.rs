@@ -1,0 +1,84 @@
+//! Reading the committed reference outputs of transformers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+
+/// Directory of one rope type's fixture (checkpoint + reference outputs).
+pub fn dir(rope: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(rope)
+}
+
+/// Arrays of `reference.safetensors`, all as f64 (ids too), with shapes.
+pub struct Reference {
+    arrays: HashMap<String, (Vec<usize>, Vec<f64>)>,
+    pub meta: serde_json::Value,
+}
+
+impl Reference {
+    pub fn load(rope: &str) -> Self {
+        let d = dir(rope);
+        let bytes = std::fs::read(d.join("reference.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut arrays = HashMap::new();
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let values: Vec<f64> = match view.dtype() {
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::F64 => data
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                Dtype::I64 => data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            arrays.insert(name, (view.shape().to_vec(), values));
+        }
+        let meta =
+            serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap())
+                .unwrap();
+        Reference { arrays, meta }
+    }
+
+    pub fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {
+        self.arrays
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture has no `{name}`"))
+    }
+
+    pub fn values(&self, name: &str) -> &[f64] {
+        &self.get(name).1
+    }
+
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        self.values(name).iter().map(|&x| x as u32).collect()
+    }
+}
+
+/// Largest absolute difference.
+pub fn max_abs(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Largest relative difference.
+pub fn max_rel(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).abs() / w.abs().max(1e-30))
+        .fold(0.0, f64::max)
+}

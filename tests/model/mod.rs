@@ -1,0 +1,7 @@
+//! Model tests against Hugging Face transformers (fixtures from
+//! tests/fixtures/make_hf_fixtures.py), checkpoints and training.
+
+mod checkpoint;
+mod fixture;
+mod parity;
+mod train;
