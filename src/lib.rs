@@ -3,3 +3,4 @@
 pub mod analysis;
 pub mod progress;
 pub mod report;
+pub mod tables;
