@@ -5,3 +5,4 @@ pub mod device;
 pub mod model;
 pub mod progress;
 pub mod report;
+pub mod tables;
