@@ -56,6 +56,9 @@ pub struct Graph {
     pub nodes: Vec<NodeIndex>,
 }
 
+/// Coordinates so far and need name -> chosen upstream ids.
+type Combo = (Vec<Coord>, BTreeMap<String, Vec<usize>>);
+
 fn consistent(a: &[Coord], b: &[Coord]) -> bool {
     a.iter().all(|x| {
         b.iter()
@@ -81,8 +84,7 @@ pub fn expand(p: &Pipeline) -> Result<Graph> {
     for (si, stage) in p.stages.iter().enumerate() {
         let mut mine = Vec::new();
         // Choices for the fanning needs, as (coords so far, need -> ids).
-        let mut combos: Vec<(Vec<Coord>, BTreeMap<String, Vec<usize>>)> =
-            vec![(Vec::new(), BTreeMap::new())];
+        let mut combos: Vec<Combo> = vec![(Vec::new(), BTreeMap::new())];
         for need in stage.needs.iter().filter(|n| n.select != Select::Gather) {
             let candidates = &by_stage[need.stage.as_str()];
             let candidates: Vec<usize> = match &need.select {
@@ -112,12 +114,17 @@ pub fn expand(p: &Pipeline) -> Result<Graph> {
                 }
                 _ => candidates.clone(),
             };
+            // A pinned instance (`x@name`) is a fixed input, like a baseline: it neither
+            // constrains nor names the fan-out.
+            let pinned = matches!(need.select, Select::Instance(_));
             let mut next = Vec::new();
             for (coords, chosen) in &combos {
                 for &c in &candidates {
-                    if consistent(coords, &instances[c].coords) {
+                    if pinned || consistent(coords, &instances[c].coords) {
                         let mut coords = coords.clone();
-                        merge(&mut coords, &instances[c].coords);
+                        if !pinned {
+                            merge(&mut coords, &instances[c].coords);
+                        }
                         let mut chosen = chosen.clone();
                         chosen.insert(need.name.clone(), vec![c]);
                         next.push((coords, chosen));

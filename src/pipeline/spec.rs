@@ -469,6 +469,27 @@ fn json_of(v: &DeValue<'_>) -> serde_json::Value {
     }
 }
 
+/// Replace the non-string value spanning exactly `span` by its source text as a string.
+fn stringify_at(table: &mut DeTable<'_>, span: &Range<usize>, text: &str) -> bool {
+    fn visit(v: &mut Value<'_>, span: &Range<usize>, text: &str) -> bool {
+        if v.span() == *span
+            && !v.get_ref().is_str()
+            && !v.get_ref().is_table()
+            && !v.get_ref().is_array()
+        {
+            let raw = text.get(span.clone()).unwrap_or_default().to_string();
+            *v = Spanned::new(span.clone(), DeValue::String(DeString::Owned(raw)));
+            return true;
+        }
+        match v.get_mut() {
+            DeValue::Table(t) => stringify_at(t, span, text),
+            DeValue::Array(a) => a.iter_mut().any(|x| visit(x, span, text)),
+            _ => false,
+        }
+    }
+    table.iter_mut().any(|(_, v)| visit(v, span, text))
+}
+
 /// A readable label for a scalar: `4.0` -> `4`, `1e5` -> `100000`, strings as they are.
 pub fn scalar_label(v: &serde_json::Value) -> String {
     let raw = match v {
@@ -517,12 +538,16 @@ fn axis_values<'i>(
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, item) in items.iter().enumerate() {
+        let mut label_span = item.span();
         let (label, value, flat) = match item.get_ref() {
             DeValue::Table(t) => {
                 let mut t = t.clone();
                 let label = match t.remove("name") {
                     Some(n) => match n.get_ref().as_str() {
-                        Some(s) => scalar_label(&serde_json::Value::String(s.to_string())),
+                        Some(s) => {
+                            label_span = n.span();
+                            scalar_label(&serde_json::Value::String(s.to_string()))
+                        }
                         None => {
                             return Err(source.error(
                                 n.span(),
@@ -556,7 +581,7 @@ fn axis_values<'i>(
         };
         if !seen.insert(label.clone()) {
             return Err(source.error(
-                item.span(),
+                label_span,
                 &format!("{key}[{i}]"),
                 format!("duplicate instance name `{stage}@{label}` (give the entries distinct values or a distinct `name`)"),
             ));
@@ -703,7 +728,7 @@ fn parse_stage<'i>(
     let mut errors: Vec<SpecError> = Vec::new();
     for combo in combos {
         let mut p = params.clone();
-        let mut coords = Vec::new();
+        let mut coords: Vec<Coord> = Vec::new();
         let mut vseed = seed;
         for ((axis, values), &i) in axes.iter().zip(&combo) {
             let av = &values[i];
@@ -749,7 +774,20 @@ fn parse_stage<'i>(
             p.remove(axis.as_str());
             p.insert(axis_key, merged);
         }
-        match kind.parse_params(Spanned::new(value.span(), DeValue::Table(p))) {
+        // A `--set` value that parsed as a number or bool where the parameter is a string is
+        // retried as the string the user typed: overrides are typed by the schema.
+        let parsed = loop {
+            match kind.parse_params(Spanned::new(value.span(), DeValue::Table(p.clone()))) {
+                Ok(params) => break Ok(params),
+                Err(e) => match e.span() {
+                    Some(sp)
+                        if sp.start >= source.file_len
+                            && stringify_at(&mut p, &sp, &source.text) => {}
+                    _ => break Err(e),
+                },
+            }
+        };
+        match parsed {
             Ok(params) => variants.push(Variant {
                 coords,
                 params,
@@ -901,7 +939,7 @@ fn check_graph(_source: &Source, stages: Vec<Stage>) -> Result<Vec<Stage>, Vec<S
                     });
                 }
                 Some(&j) => {
-                    graph.add_edge(nodes[j], nodes[i], ni);
+                    graph.update_edge(nodes[j], nodes[i], ni);
                 }
             }
         }
@@ -910,12 +948,31 @@ fn check_graph(_source: &Source, stages: Vec<Stage>) -> Result<Vec<Stage>, Vec<S
         return Err(errors);
     }
     match petgraph::algo::toposort(&graph, None) {
-        Ok(order) => {
+        Ok(_) => {
+            // Kahn's algorithm taking the earliest ready stage: a topological order that keeps
+            // the file's order wherever the needs allow (petgraph's is arbitrary among equals).
+            let mut indegree: Vec<usize> = (0..stages.len())
+                .map(|i| {
+                    graph
+                        .neighbors_directed(nodes[i], petgraph::Direction::Incoming)
+                        .count()
+                })
+                .collect();
+            let mut ready: BTreeSet<usize> =
+                (0..stages.len()).filter(|&i| indegree[i] == 0).collect();
+            let mut order = Vec::with_capacity(stages.len());
+            while let Some(i) = ready.pop_first() {
+                order.push(i);
+                for next in graph.neighbors_directed(nodes[i], petgraph::Direction::Outgoing) {
+                    let j = graph[next];
+                    indegree[j] -= 1;
+                    if indegree[j] == 0 {
+                        ready.insert(j);
+                    }
+                }
+            }
             let mut slots: Vec<Option<Stage>> = stages.into_iter().map(Some).collect();
-            Ok(order
-                .into_iter()
-                .filter_map(|n| slots[graph[n]].take())
-                .collect())
+            Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
         }
         Err(cycle) => {
             let start = graph[cycle.node_id()];

@@ -181,11 +181,7 @@ impl Progress for InstanceProgress {
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
                 s.pos += steps;
                 // A line every 10% but at most every 5 s, so CI logs stay short.
-                let pct = if s.total > 0 {
-                    s.pos * 100 / s.total
-                } else {
-                    0
-                };
+                let pct = (s.pos * 100).checked_div(s.total).unwrap_or(0);
                 if s.total > 1
                     && pct >= s.last_pct + 10
                     && (s.last.elapsed() >= Duration::from_secs(5) || s.pos >= s.total)

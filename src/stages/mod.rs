@@ -164,7 +164,7 @@ impl Ctx<'_> {
 
     /// Write `batch` as table `table` (`metrics/<table>.parquet`, zstd, atomically).
     pub fn write_table(&self, table: &str, batch: &RecordBatch) -> crate::Result<()> {
-        crate::pipeline::results::write_table(&self.out_dir, table, batch)
+        crate::pipeline::results::write_table(self.out_dir, table, batch)
     }
 }
 
