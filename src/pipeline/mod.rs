@@ -180,8 +180,11 @@ fn write_results(
     let previous: Option<serde_json::Value> = std::fs::read(&run_json)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    // A forced rebuild keeps its key but may change its tables: gather again after any build.
+    let any_built = reports.iter().any(|r| r.outcome == Outcome::Built);
     let prev_tables: Option<Vec<String>> = previous
         .as_ref()
+        .filter(|_| !any_built)
         .filter(|v| v["gathered"] == serde_json::json!(gathered))
         .and_then(|v| serde_json::from_value(v["tables"].clone()).ok())
         .filter(|t: &Vec<String>| t.iter().all(|t| dir.join(format!("{t}.parquet")).is_file()));

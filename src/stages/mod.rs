@@ -247,3 +247,44 @@ impl<K: StageKind> ErasedKind for Erased<K> {
         K::run(&typed::<K>(params)?, ctx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_unique_and_use_no_reserved_parameter_names() {
+        let mut names: Vec<&str> = KINDS.iter().map(|k| k.kind()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len(), "two kinds share a name");
+        for k in KINDS {
+            let params = k.param_names().unwrap_or_default();
+            for reserved in crate::pipeline::spec::COMMON_KEYS {
+                assert!(
+                    !params.iter().any(|p| p == reserved),
+                    "kind `{}` has a parameter named `{reserved}`, which is a stage key",
+                    k.kind()
+                );
+            }
+        }
+        assert_eq!(kind("command").map(|k| k.version()), Some(1));
+        assert!(kind("nope").is_none());
+    }
+
+    #[test]
+    fn erased_params_are_defaulted_json() {
+        let text = "args = [\"true\"]";
+        let table = toml::de::DeTable::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let span = table.span();
+        let value = toml::Spanned::new(span, toml::de::DeValue::Table(table.into_inner()));
+        let params = kind("command")
+            .map(|k| k.parse_params(value))
+            .unwrap_or_else(|| panic!("no command kind"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            params,
+            serde_json::json!({"args": ["true"], "env": {}, "inputs": [], "gpu": 0, "resumable": false, "vars": {}})
+        );
+    }
+}

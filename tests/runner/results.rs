@@ -191,3 +191,29 @@ fn results_dir_can_be_set_in_the_file() {
     p.ok(&["run", "sub/p.toml"]);
     assert!(p.path().join("sub/out/runs.parquet").is_file());
 }
+
+#[test]
+fn forced_rebuild_regathers_tables() {
+    let p = Project::new();
+    let write = |v: f64| {
+        ropelens::pipeline::results::write_table(
+            &p.path().join("fix"),
+            "ppl",
+            &ppl_batch(&[128], &[v]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    write(1.0);
+    // The fixture is deliberately not an input: only --force picks up its change.
+    p.write(
+        "p.toml",
+        &format!("{HEAD}[stages.e]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"mkdir -p metrics && cp $PIPE_PIPELINE_DIR/fix/metrics/ppl.parquet metrics/\"]\n"),
+    );
+    p.run("p.toml", &[]);
+    assert_eq!(floats(&read(&p, "ppl"), "ppl"), [1.0]);
+    write(2.0);
+    assert!(p.run("p.toml", &[]).is_empty());
+    assert_eq!(floats(&read(&p, "ppl"), "ppl"), [1.0]);
+    assert_eq!(p.run("p.toml", &["--force"]), ["e"]);
+    assert_eq!(floats(&read(&p, "ppl"), "ppl"), [2.0]);
+}
