@@ -475,14 +475,13 @@ fn build_one(
     i: usize,
     progress: &super::ui::InstanceProgress,
 ) -> std::result::Result<bool, String> {
-    use crate::progress::Progress as _;
     let inst = &plan.graph.instances[i];
     let stage = &plan.pipeline.stages[inst.stage];
     let record = &plan.records[i];
     let forced = plan.status[i] == Status::Run("forced".into());
     let _lock = cache
         .lock(&record.key, || {
-            progress.message("waiting for another pipe run")
+            progress.note("waiting for another pipe run building the same key")
         })
         .map_err(|e| e.to_string())?;
     if !forced && cache.has(&record.key) {

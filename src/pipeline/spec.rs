@@ -438,19 +438,11 @@ fn apply_set<'i>(
 fn json_of(v: &DeValue<'_>) -> serde_json::Value {
     match v {
         DeValue::String(s) => serde_json::Value::String(s.to_string()),
-        DeValue::Integer(i) => i64::from_str_radix(
-            i.as_str()
-                .replace('_', "")
-                .trim_start_matches("0x")
-                .trim_start_matches("0o")
-                .trim_start_matches("0b"),
-            i.radix(),
-        )
-        .map(serde_json::Value::from)
-        .unwrap_or_else(|_| serde_json::Value::String(i.as_str().to_string())),
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            .map(serde_json::Value::from)
+            .unwrap_or_else(|_| serde_json::Value::String(i.as_str().to_string())),
         DeValue::Float(f) => f
             .as_str()
-            .replace('_', "")
             .parse::<f64>()
             .ok()
             .and_then(serde_json::Number::from_f64)
@@ -660,7 +652,7 @@ fn parse_stage<'i>(
         Some(s) => match s
             .get_ref()
             .as_integer()
-            .and_then(|i| i.as_str().replace('_', "").parse::<u64>().ok())
+            .and_then(|i| u64::from_str_radix(i.as_str(), i.radix()).ok())
         {
             Some(v) => Some(v),
             None => {
@@ -743,7 +735,7 @@ fn parse_stage<'i>(
                     .value
                     .get_ref()
                     .as_integer()
-                    .and_then(|i| i.as_str().replace('_', "").parse::<u64>().ok())
+                    .and_then(|i| u64::from_str_radix(i.as_str(), i.radix()).ok())
                 {
                     Some(s) => vseed = Some(s),
                     None => {

@@ -90,6 +90,7 @@ impl Ui {
                     pos: 0,
                     last: Instant::now(),
                     last_pct: 0,
+                    note: String::new(),
                 }))
             }
             Mode::Quiet => Inner::Quiet,
@@ -136,6 +137,8 @@ struct LogState {
     pos: u64,
     last: Instant,
     last_pct: u64,
+    /// The latest `message`, shown with the next progress line.
+    note: String,
 }
 
 enum Inner {
@@ -188,8 +191,13 @@ impl Progress for InstanceProgress {
                 {
                     s.last_pct = pct - pct % 10;
                     s.last = Instant::now();
+                    let note = if s.note.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" · {}", s.note)
+                    };
                     eprintln!(
-                        "  {}: {} {}/{} ({pct}%)",
+                        "  {}: {} {}/{} ({pct}%){note}",
                         self.instance, s.phase, s.pos, s.total
                     );
                 }
@@ -201,7 +209,21 @@ impl Progress for InstanceProgress {
     fn message(&self, text: &str) {
         match self.inner.as_ref() {
             Inner::Bar(bar) => bar.set_message(text.to_string()),
-            Inner::Log(_) | Inner::Quiet => {}
+            Inner::Log(state) => {
+                state.lock().unwrap_or_else(|e| e.into_inner()).note = text.to_string();
+            }
+            Inner::Quiet => {}
+        }
+    }
+}
+
+impl InstanceProgress {
+    /// A message that must not be missed (e.g. waiting for a lock): a line in log mode.
+    pub fn note(&self, text: &str) {
+        match self.inner.as_ref() {
+            Inner::Bar(bar) => bar.set_message(text.to_string()),
+            Inner::Log(_) => eprintln!("  {}: {text}", self.instance),
+            Inner::Quiet => {}
         }
     }
 }
