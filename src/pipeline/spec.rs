@@ -1104,4 +1104,71 @@ mod tests {
         assert!(e.starts_with("--set:1:"), "{e}");
         assert!(e.contains("stages.x.gpu"), "{e}");
     }
+
+    struct Fixed;
+    #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct NoParams {}
+    impl stages::StageKind for Fixed {
+        const KIND: &'static str = "fixed";
+        const VERSION: u32 = 1;
+        type Params = NoParams;
+        fn needs() -> Needs {
+            Needs::Fixed(&[
+                stages::NeedDecl {
+                    name: "model",
+                    required: true,
+                    gather: false,
+                },
+                stages::NeedDecl {
+                    name: "evals",
+                    required: false,
+                    gather: true,
+                },
+            ])
+        }
+        fn run(_: &NoParams, _: &stages::Ctx<'_>) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn needs_errors(needs: &str) -> Vec<String> {
+        let text = format!("needs = {needs}\n");
+        let source = Source {
+            file: PathBuf::from("p.toml"),
+            text: text.clone(),
+            file_len: text.len(),
+        };
+        let doc = DeTable::parse(&source.text).unwrap_or_else(|e| panic!("{e}"));
+        let kind = stages::Erased::<Fixed>::NEW;
+        match parse_needs(&source, "s", doc.get_ref().get("needs"), &kind) {
+            Ok(refs) => {
+                assert!(
+                    refs.iter()
+                        .any(|r| r.name == "model" && r.select == Select::Each)
+                );
+                Vec::new()
+            }
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn declared_needs_are_checked() {
+        assert!(needs_errors("{ model = \"m\", evals = \"e[*]\" }").is_empty());
+        let e = needs_errors("{ model = \"m\", modle = \"m\" }");
+        assert!(
+            e[0].starts_with("p.toml:1:") && e[0].contains("`s.needs.modle`")
+                || e[0].contains("`stages.s.needs.modle`"),
+            "{e:?}"
+        );
+        assert!(
+            e[0].contains("has no need `modle` (needs: model, evals)"),
+            "{e:?}"
+        );
+        let e = needs_errors("{ model = \"m[*]\" }");
+        assert!(e[0].contains("takes one instance, not a gather"), "{e:?}");
+        let e = needs_errors("{ evals = \"e[*]\" }");
+        assert!(e[0].contains("requires need `model`"), "{e:?}");
+    }
 }
