@@ -1158,8 +1158,7 @@ mod tests {
         assert!(needs_errors("{ model = \"m\", evals = \"e[*]\" }").is_empty());
         let e = needs_errors("{ model = \"m\", modle = \"m\" }");
         assert!(
-            e[0].starts_with("p.toml:1:") && e[0].contains("`s.needs.modle`")
-                || e[0].contains("`stages.s.needs.modle`"),
+            e[0].starts_with("p.toml:1:") && e[0].contains("`stages.s.needs.modle`"),
             "{e:?}"
         );
         assert!(
