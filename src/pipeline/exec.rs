@@ -464,6 +464,13 @@ pub fn execute(plan: &Plan, cache: &Cache, opts: &ExecOptions) -> Vec<Report> {
             }
         }
     });
+    // Whatever still waits could not start: after a failure without --keep-going it stays
+    // `not-run`; otherwise an upstream was unavailable, which must not pass silently.
+    if !stop {
+        for i in waiting {
+            reports[i].outcome = Outcome::Skipped("an upstream instance was not available".into());
+        }
+    }
     ui.close();
     reports
 }
