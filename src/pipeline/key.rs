@@ -322,6 +322,33 @@ mod tests {
     }
 
     #[test]
+    fn compare_names_version_upstream_file_and_device_changes() {
+        let mut a = record(json!({}));
+        a.fields.inputs.insert("model".into(), vec!["k1".into()]);
+        a.upstream
+            .insert("model".into(), vec!["extend@yarn".into()]);
+        a.fields.files.insert("data.txt".into(), "h1".into());
+        let mut b = a.clone();
+        b.fields.version = 2;
+        b.fields.inputs.insert("model".into(), vec!["k2".into()]);
+        b.fields.files.insert("data.txt".into(), "h2".into());
+        b.fields.files.insert("extra.txt".into(), "h3".into());
+        b.fields.device = Some("cuda".into());
+        assert_eq!(
+            compare(&a, &b),
+            [
+                "kind `train` version changed (1 -> 2)",
+                "upstream `extend@yarn` changed",
+                "input file `data.txt` changed",
+                "input file `extra.txt` added",
+                "device changed (cpu -> cuda)",
+            ]
+        );
+        assert!(compare(&a, &a).is_empty());
+        assert_ne!(a.fields.hash(), b.fields.hash());
+    }
+
+    #[test]
     fn file_hash_is_memoised_and_follows_content() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let f = dir.path().join("x.txt");
