@@ -785,12 +785,20 @@ fn matrix_type(values: &[Option<&serde_json::Value>]) -> DataType {
 }
 
 /// Rows with their leading columns as one batch in the gathered layout: `stage`, `instance`,
-/// the matrix columns (first-mention order, types inferred), then the table's columns.
+/// the matrix columns (first-mention order, types inferred; a matrix value whose name is a table
+/// column is left out, as the runner does), then the table's columns.
 pub fn results_batch<T: Table>(rows: &[ResultRow<T>]) -> Result<RecordBatch, TableError> {
+    // As the runner does: a matrix value named like a table column (or `stage`/`instance`) is
+    // dropped, the table's own column wins.
+    let own_names: Vec<&'static str> = T::columns().iter().map(|c| c.name).collect();
     let mut matrix_names: Vec<String> = Vec::new();
     for r in rows {
         for (k, _) in &r.matrix {
-            if !matrix_names.contains(k) {
+            if !matrix_names.contains(k)
+                && !own_names.contains(&k.as_str())
+                && k != "stage"
+                && k != "instance"
+            {
                 matrix_names.push(k.clone());
             }
         }
@@ -1037,6 +1045,47 @@ mod tests {
             back[0].matrix_value("factor").and_then(|v| v.as_f64()),
             Some(4.0)
         );
+    }
+
+    #[test]
+    fn a_matrix_value_named_like_a_column_gives_way_to_the_column() {
+        let rows = vec![ResultRow {
+            stage: "ablation".to_string(),
+            instance: "ablation@seq_len-256".to_string(),
+            matrix: vec![("seq_len".into(), 256.into()), ("seed".into(), 3.into())],
+            row: ValLogRow {
+                step: 5,
+                tokens: 1280,
+                val_loss: 2.5,
+            },
+        }];
+        let batch = results_batch(&rows).unwrap();
+        assert_eq!(
+            batch.num_columns(),
+            2 + 1 + 3,
+            "seq_len is not a val_log column: kept"
+        );
+        let train = vec![ResultRow {
+            stage: "ablation".to_string(),
+            instance: "ablation@seq_len-256".to_string(),
+            matrix: vec![("seq_len".into(), 999.into()), ("seed".into(), 3.into())],
+            row: TrainLogRow {
+                step: 1,
+                tokens: 256,
+                seq_len: 256,
+                loss: 3.0,
+                lr: 1e-3,
+                grad_norm: None,
+                tokens_per_s: 100.0,
+                elapsed_s: 2.0,
+            },
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train_log.parquet");
+        write_results(&path, &train).unwrap();
+        let back = read_results::<TrainLogRow>(&path).unwrap();
+        assert_eq!(back[0].row, train[0].row);
+        assert_eq!(back[0].matrix, vec![("seed".to_string(), 3.into())]);
     }
 
     #[test]
