@@ -173,10 +173,14 @@ fn sub_test(
             test: None,
         };
     };
+    let p = if t.p < 0.001 {
+        "p < 0.001".to_string()
+    } else {
+        format!("p = {:.3}", t.p)
+    };
     let stats = format!(
-        "Spearman ρ = {:.2}, n = {n}, one-sided p = {:.3}{}",
+        "Spearman ρ = {:.2}, n = {n}, one-sided {p}{}",
         t.rho,
-        t.p,
         if t.exact {
             " (exact)"
         } else {
@@ -196,7 +200,7 @@ fn sub_test(
     } else if t.p <= opts.alpha {
         (
             Verdict::Reproduces,
-            format!("reproduces: {stats} ≤ α = {}", opts.alpha),
+            format!("reproduces: {stats}, α = {}", opts.alpha),
         )
     } else {
         (
@@ -366,12 +370,28 @@ fn extrapolation_tests(
     out
 }
 
+/// The count of sub-test verdicts, e.g. "2 of 3 testable sub-tests reproduce, none contradicts
+/// the claim, 1 inconclusive."
 fn summary_of(subtests: &[SubTest]) -> String {
-    subtests
-        .iter()
-        .map(|s| format!("{}: {}", s.name, s.reason))
-        .collect::<Vec<_>>()
-        .join("; ")
+    let count = |v: Verdict| subtests.iter().filter(|s| s.verdict == v).count();
+    let testable = subtests.len() - count(Verdict::NotTestable);
+    let mut parts = vec![format!(
+        "{} of {testable} testable sub-tests reproduce",
+        count(Verdict::Reproduces)
+    )];
+    parts.push(match count(Verdict::DoesNotReproduce) {
+        0 => "none contradicts the claim".to_string(),
+        k => format!("{k} contradict the claim"),
+    });
+    let inconclusive = count(Verdict::Inconclusive);
+    if inconclusive > 0 {
+        parts.push(format!("{inconclusive} inconclusive"));
+    }
+    let untestable = count(Verdict::NotTestable);
+    if untestable > 0 {
+        parts.push(format!("{untestable} not testable"));
+    }
+    parts.join(", ") + "."
 }
 
 /// Finding 1: extensions that keep the pretrained attention pattern (low JS divergence against
