@@ -1062,7 +1062,7 @@ mod tests {
         let batch = results_batch(&rows).unwrap();
         assert_eq!(
             batch.num_columns(),
-            2 + 1 + 3,
+            2 + 2 + 3,
             "seq_len is not a val_log column: kept"
         );
         let train = vec![ResultRow {
