@@ -869,6 +869,68 @@ pub fn write_results<T: Table>(path: &Path, rows: &[ResultRow<T>]) -> Result<(),
     write_batch(path, T::NAME, &results_batch(rows)?)
 }
 
+/// One instance's per-instance tables, to gather: what the report stage gets from its needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceTables {
+    /// The stage name (`ppl`).
+    pub stage: String,
+    /// The instance name (`ppl@yarn,seed-1`).
+    pub instance: String,
+    /// Its matrix values, flattened, in column order.
+    pub matrix: Vec<(String, serde_json::Value)>,
+    /// The directory holding its `<table>.parquet` files (`<output>/metrics`).
+    pub metrics_dir: PathBuf,
+}
+
+fn gather_one<T: Table>(
+    instances: &[InstanceTables],
+    results_dir: &Path,
+) -> Result<Option<PathBuf>, TableError> {
+    let mut rows: Vec<ResultRow<T>> = Vec::new();
+    let mut found = false;
+    for inst in instances {
+        let path = inst.metrics_dir.join(format!("{}.parquet", T::NAME));
+        if !path.exists() {
+            continue;
+        }
+        found = true;
+        rows.extend(read_table::<T>(&path)?.into_iter().map(|row| ResultRow {
+            stage: inst.stage.clone(),
+            instance: inst.instance.clone(),
+            matrix: inst.matrix.clone(),
+            row,
+        }));
+    }
+    if !found {
+        return Ok(None);
+    }
+    let out = results_dir.join(format!("{}.parquet", T::NAME));
+    write_results(&out, &rows)?;
+    Ok(Some(out))
+}
+
+/// Gathers the per-instance tables of `instances` into `results_dir/<table>.parquet` in the
+/// runner's gathered layout, for every table of this module that at least one instance wrote;
+/// returns the files written. This is how a `report` stage turns its needs into a results
+/// directory for [`write_report`](crate::report::study::write_report).
+pub fn gather_tables(
+    instances: &[InstanceTables],
+    results_dir: &Path,
+) -> Result<Vec<PathBuf>, TableError> {
+    let written = [
+        gather_one::<PplRow>(instances, results_dir)?,
+        gather_one::<NeedleRow>(instances, results_dir)?,
+        gather_one::<NeedleEntropyRow>(instances, results_dir)?,
+        gather_one::<AttentionEntropyRow>(instances, results_dir)?,
+        gather_one::<AttentionDistanceRow>(instances, results_dir)?,
+        gather_one::<AttentionDivergenceRow>(instances, results_dir)?,
+        gather_one::<EntropyVsErrorRow>(instances, results_dir)?,
+        gather_one::<TrainLogRow>(instances, results_dir)?,
+        gather_one::<ValLogRow>(instances, results_dir)?,
+    ];
+    Ok(written.into_iter().flatten().collect())
+}
+
 /// The Markdown documentation of every table (the content of `schemas/tables.md`).
 pub fn tables_markdown() -> String {
     let mut out = String::from(
@@ -1086,6 +1148,46 @@ mod tests {
         let back = read_results::<TrainLogRow>(&path).unwrap();
         assert_eq!(back[0].row, train[0].row);
         assert_eq!(back[0].matrix, vec![("seed".to_string(), 3.into())]);
+    }
+
+    #[test]
+    fn per_instance_tables_gather_into_the_results_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut instances = Vec::new();
+        for (i, variant) in ["pi", "yarn"].iter().enumerate() {
+            let metrics = dir.path().join(variant).join("metrics");
+            let mut rows = ppl_rows();
+            rows[0].length = 100 + i as i64;
+            write_table(&metrics.join("ppl.parquet"), &rows).unwrap();
+            instances.push(InstanceTables {
+                stage: "ppl".into(),
+                instance: format!("ppl@{variant}"),
+                matrix: vec![("rope".into(), (*variant).into())],
+                metrics_dir: metrics,
+            });
+        }
+        write_table(
+            &instances[1].metrics_dir.join("val_log.parquet"),
+            &[ValLogRow {
+                step: 1,
+                tokens: 2,
+                val_loss: 3.0,
+            }],
+        )
+        .unwrap();
+        let out = dir.path().join("results");
+        let written = gather_tables(&instances, &out).unwrap();
+        assert_eq!(
+            written,
+            [out.join("ppl.parquet"), out.join("val_log.parquet")]
+        );
+        let ppl = read_results::<PplRow>(&out.join("ppl.parquet")).unwrap();
+        assert_eq!(ppl.len(), 4);
+        assert_eq!(ppl[2].instance, "ppl@yarn");
+        assert_eq!(ppl[2].row.length, 101);
+        assert_eq!(ppl[3].matrix_value("rope"), Some(&"yarn".into()));
+        let val = read_results::<ValLogRow>(&out.join("val_log.parquet")).unwrap();
+        assert_eq!((val.len(), val[0].stage.as_str()), (1, "ppl"));
     }
 
     #[test]

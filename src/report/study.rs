@@ -681,11 +681,19 @@ fn training_section(md: &mut String, study: &Study, figs: &mut Figures) {
                 }
             }
             let val: Vec<f64> = val_last.values().map(|v| v.1).collect();
+            // Counts that every seed shares print once, without a zero spread.
+            let count = |v: Vec<f64>| {
+                if v.windows(2).all(|w| w[0] == w[1]) {
+                    format_value(v.first().copied(), 0)
+                } else {
+                    stats::format_spread(&v, 0)
+                }
+            };
             Some(vec![
                 m.label.clone(),
-                stats::format_spread(&vals(&|r| r.seq_len as f64), 0),
-                stats::format_spread(&vals(&|r| r.step as f64), 0),
-                stats::format_spread(&vals(&|r| r.tokens as f64), 0),
+                count(vals(&|r| r.seq_len as f64)),
+                count(vals(&|r| r.step as f64)),
+                count(vals(&|r| r.tokens as f64)),
                 stats::format_spread(&vals(&|r| r.loss), 3),
                 stats::format_spread(&val, 3),
                 stats::format_spread(&vals(&|r| r.tokens_per_s), 0),

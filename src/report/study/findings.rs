@@ -130,7 +130,10 @@ fn sub_test(
     headers: (&str, &str),
     evidence: &mut String,
 ) -> SubTest {
-    let (obs, unit) = pair(x, y);
+    let (mut obs, unit) = pair(x, y);
+    // Report order (base, methods as first seen, ablation arms by length), then seed.
+    let rank = |id: &ModelId| study.models.iter().position(|m| &m.id == id);
+    obs.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(a.1.cmp(&b.1)));
     let claimed = if sign > 0.0 { "positive" } else { "negative" };
     if obs.is_empty() {
         return SubTest {
