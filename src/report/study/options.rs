@@ -19,14 +19,14 @@ use std::collections::BTreeMap;
 pub struct ReportOptions {
     /// Heading of report.md.
     pub title: String,
-    /// Glob patterns over stage names: rows of matching stages measure the base model (the
+    /// Glob patterns over stage or instance names: matching rows measure the base model (the
     /// pretrained model before any RoPE extension), e.g. its `train` stage `base` and its eval
-    /// stages `ppl_base`, `needle_base`.
+    /// stages `ppl_base`, `needle_base`; or an instance such as `ppl@none`.
     pub base: Vec<String>,
     /// Label of the base model in tables and legends.
     pub base_label: String,
-    /// Glob patterns over stage names of the fine-tuning-length ablation (one method
-    /// fine-tuned at several lengths with the same token budget).
+    /// Glob patterns over stage or instance names of the fine-tuning-length ablation (one
+    /// method fine-tuned at several lengths with the same token budget).
     pub ablation: Vec<String>,
     /// Matrix column holding a model's fine-tuning sequence length (e.g. an ablation's
     /// `matrix.seq_len`); when a model has none, its `train_log.seq_len` is used.
@@ -125,18 +125,24 @@ impl Classifier {
         })
     }
 
-    /// The model a row of `stage`/`instance` measures.
+    /// The model a row of `stage`/`instance` measures. Patterns match the stage or the
+    /// instance name; everything matching `base` is the one base model (variant `""`).
     pub fn model(&self, stage: &str, instance: &str) -> ModelId {
-        let group = if self.base.iter().any(|p| p.matches(stage)) {
+        let hit = |ps: &[glob::Pattern]| ps.iter().any(|p| p.matches(stage) || p.matches(instance));
+        let group = if hit(&self.base) {
             Group::Base
-        } else if self.ablation.iter().any(|p| p.matches(stage)) {
+        } else if hit(&self.ablation) {
             Group::Ablation
         } else {
             Group::Method
         };
         ModelId {
             group,
-            variant: variant_of(instance),
+            variant: if group == Group::Base {
+                String::new()
+            } else {
+                variant_of(instance)
+            },
         }
     }
 }
@@ -276,6 +282,26 @@ mod tests {
             Group::Ablation
         );
         assert_eq!(variant_of("x@a,extend.seed-4,b"), "a,b");
+        // Instance patterns: a matrix entry can be the base model.
+        let opts = ReportOptions {
+            base: vec!["*@none*".into()],
+            ..Default::default()
+        };
+        let c = Classifier::new(&opts).unwrap();
+        assert_eq!(
+            c.model("ppl", "ppl@none,seed-1"),
+            ModelId {
+                group: Group::Base,
+                variant: String::new()
+            }
+        );
+        assert_eq!(c.model("ppl", "ppl@yarn").group, Group::Method);
+        let bad = ReportOptions {
+            ablation: vec!["[".into()],
+            ..Default::default()
+        };
+        let err = Classifier::new(&bad).unwrap_err();
+        assert!(err.starts_with("ablation: bad pattern \"[\""), "{err}");
         assert_eq!(variant_of("x@seedless"), "seedless");
     }
 
