@@ -124,7 +124,7 @@ impl Study {
         self.classifier
             .as_ref()
             .expect("set by load")
-            .model(&r.stage, &r.instance)
+            .model(&r.stage, &r.instance, &r.matrix)
     }
 
     /// The model's info.
@@ -158,14 +158,14 @@ impl Study {
         // Train lengths by model, from train_log.
         let mut train_len: BTreeMap<ModelId, i64> = BTreeMap::new();
         for r in &self.train_log {
-            let id = classifier.model(&r.stage, &r.instance);
+            let id = classifier.model(&r.stage, &r.instance, &r.matrix);
             let e = train_len.entry(id).or_insert(r.row.seq_len);
             *e = (*e).max(r.row.seq_len);
         }
         let mut models: Vec<ModelInfo> = Vec::new();
         let mut firsts: Vec<(String, Vec<(String, serde_json::Value)>)> = Vec::new();
         for o in &all {
-            let id = classifier.model(o.stage, o.instance);
+            let id = classifier.model(o.stage, o.instance, o.matrix);
             let idx = match models.iter().position(|m| m.id == id) {
                 Some(i) => i,
                 None => {

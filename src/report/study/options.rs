@@ -44,6 +44,10 @@ pub struct ReportOptions {
     /// (`linear` -> `PI`, `ntk` -> `NTK`, `yarn` -> `YaRN`, `default` -> `RoPE unchanged`, ...)
     /// and ` x<factor>`, or `NTK b=<rope_theta>`; else the matrix entry's name.
     pub label_template: Option<String>,
+    /// Matrix axes of the evaluation stages themselves (not of the model they evaluate), e.g.
+    /// `["task"]` for a needle stage with `matrix.task`: their labels are removed from instance
+    /// names, so that `needle@yarn,kv` and `ppl@yarn` are the same model.
+    pub ignore_axes: Vec<String>,
     /// The perplexity mode (`truncate` or `sliding`) used by the main plot and the findings;
     /// only `truncate` evaluates whole windows at the stated length.
     pub ppl_mode: String,
@@ -74,6 +78,7 @@ impl Default for ReportOptions {
             finetune_length: None,
             labels: BTreeMap::new(),
             label_template: None,
+            ignore_axes: Vec::new(),
             ppl_mode: "truncate".into(),
             alpha: 0.05,
             resamples: 10_000,
@@ -107,6 +112,7 @@ pub struct ModelId {
 pub struct Classifier {
     base: Vec<glob::Pattern>,
     ablation: Vec<glob::Pattern>,
+    ignore_axes: Vec<String>,
 }
 
 fn compile(key: &str, patterns: &[String]) -> Result<Vec<glob::Pattern>, String> {
@@ -122,12 +128,18 @@ impl Classifier {
         Ok(Self {
             base: compile("base", &opts.base)?,
             ablation: compile("ablation", &opts.ablation)?,
+            ignore_axes: opts.ignore_axes.clone(),
         })
     }
 
     /// The model a row of `stage`/`instance` measures. Patterns match the stage or the
     /// instance name; everything matching `base` is the one base model (variant `""`).
-    pub fn model(&self, stage: &str, instance: &str) -> ModelId {
+    pub fn model(
+        &self,
+        stage: &str,
+        instance: &str,
+        matrix: &[(String, serde_json::Value)],
+    ) -> ModelId {
         let hit = |ps: &[glob::Pattern]| ps.iter().any(|p| p.matches(stage) || p.matches(instance));
         let group = if hit(&self.base) {
             Group::Base
@@ -141,9 +153,41 @@ impl Classifier {
             variant: if group == Group::Base {
                 String::new()
             } else {
-                variant_of(instance)
+                self.variant(instance, matrix)
             },
         }
+    }
+}
+
+impl Classifier {
+    /// [`variant_of`], also without the labels of the ignored axes' values.
+    fn variant(&self, instance: &str, matrix: &[(String, serde_json::Value)]) -> String {
+        let ignored: Vec<String> = self
+            .ignore_axes
+            .iter()
+            .filter_map(|a| matrix.iter().find(|(k, _)| k == a))
+            .flat_map(|(a, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s
+                        .chars()
+                        .map(|c| {
+                            if c.is_whitespace() || ",@[]".contains(c) {
+                                '_'
+                            } else {
+                                c
+                            }
+                        })
+                        .collect(),
+                    other => other.to_string(),
+                };
+                [text.clone(), format!("{a}-{text}")]
+            })
+            .collect();
+        variant_of(instance)
+            .split(',')
+            .filter(|p| !ignored.iter().any(|i| i == p))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -272,16 +316,35 @@ mod tests {
     #[test]
     fn instances_map_to_models_without_seeds() {
         let c = Classifier::new(&ReportOptions::default()).unwrap();
-        let m = c.model("ppl", "ppl@yarn,seed-1");
+        let m = c.model("ppl", "ppl@yarn,seed-1", &[]);
         assert_eq!((m.group, m.variant.as_str()), (Group::Method, "yarn"));
-        assert_eq!(c.model("extend", "extend@yarn,seed-2"), m);
-        assert_eq!(c.model("base", "base").group, Group::Base);
-        assert_eq!(c.model("needle_base", "needle_base@seed-1").variant, "");
+        assert_eq!(c.model("extend", "extend@yarn,seed-2", &[]), m);
+        assert_eq!(c.model("base", "base", &[]).group, Group::Base);
         assert_eq!(
-            c.model("ppl_ablation", "ppl_ablation@seq_len-256").group,
+            c.model("needle_base", "needle_base@seed-1", &[]).variant,
+            ""
+        );
+        assert_eq!(
+            c.model("ppl_ablation", "ppl_ablation@seq_len-256", &[])
+                .group,
             Group::Ablation
         );
         assert_eq!(variant_of("x@a,extend.seed-4,b"), "a,b");
+        // An eval stage's own axis is ignored when asked.
+        let opts = ReportOptions {
+            ignore_axes: vec!["task".into(), "window".into()],
+            ..Default::default()
+        };
+        let c2 = Classifier::new(&opts).unwrap();
+        let matrix = [
+            ("rope".to_string(), json!("yarn")),
+            ("task".to_string(), json!("kv")),
+            ("window".to_string(), json!(512)),
+        ];
+        assert_eq!(
+            c2.model("needle", "needle@yarn,kv,window-512,seed-1", &matrix),
+            m
+        );
         // Instance patterns: a matrix entry can be the base model.
         let opts = ReportOptions {
             base: vec!["*@none*".into()],
@@ -289,13 +352,13 @@ mod tests {
         };
         let c = Classifier::new(&opts).unwrap();
         assert_eq!(
-            c.model("ppl", "ppl@none,seed-1"),
+            c.model("ppl", "ppl@none,seed-1", &[]),
             ModelId {
                 group: Group::Base,
                 variant: String::new()
             }
         );
-        assert_eq!(c.model("ppl", "ppl@yarn").group, Group::Method);
+        assert_eq!(c.model("ppl", "ppl@yarn", &[]).group, Group::Method);
         let bad = ReportOptions {
             ablation: vec!["[".into()],
             ..Default::default()
