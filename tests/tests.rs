@@ -2,4 +2,5 @@
 
 mod analysis;
 mod model;
+mod report;
 mod runner;
