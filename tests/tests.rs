@@ -4,3 +4,4 @@ mod analysis;
 mod model;
 mod report;
 mod runner;
+mod stages;
