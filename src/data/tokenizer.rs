@@ -42,10 +42,23 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, DataError> {
         },
         _ => DataError::io(path, e),
     })?;
-    Tokenizer::from_bytes(&bytes).map_err(|e| DataError::TokenizerParse {
+    let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| DataError::TokenizerParse {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })
+    })?;
+    widen_cache(&mut tokenizer);
+    Ok(tokenizer)
+}
+
+/// Words cached per thread by BPE/Unigram models after `widen_cache`.
+pub const WORD_CACHE_CAPACITY: usize = 1 << 18;
+
+/// Raises the model's word cache from the library's 10,000 entries (which fill up and then
+/// stop caching, so every rarer word is merged again) to [`WORD_CACHE_CAPACITY`].
+pub fn widen_cache(tokenizer: &mut Tokenizer) {
+    let mut model = tokenizer.get_model().clone();
+    model.resize_cache(WORD_CACHE_CAPACITY);
+    tokenizer.with_model(model);
 }
 
 /// The tokenizer.json of an upstream stage's output: in `dir` itself or one level below.
@@ -136,7 +149,9 @@ pub fn train_bpe<S: AsRef<str> + Send + Sync>(
     } else {
         tk.with_post_processor(Some(ByteLevel::default()));
     }
-    Ok(tk.into())
+    let mut tokenizer: Tokenizer = tk.into();
+    widen_cache(&mut tokenizer);
+    Ok(tokenizer)
 }
 
 fn config_token(config: &serde_json::Value, key: &str) -> Option<String> {

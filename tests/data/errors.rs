@@ -237,3 +237,39 @@ fn unknown_keys_and_bad_values_are_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("tokenizer.from"), "{err}");
 }
+
+#[test]
+fn parameters_have_a_json_schema_and_round_trip_through_json() {
+    let schema = serde_json::to_value(schemars::schema_for!(DataPrepParams)).unwrap();
+    let props = schema["properties"].as_object().unwrap();
+    for key in [
+        "source",
+        "tokenizer",
+        "filter",
+        "split",
+        "haystack",
+        "add_bos",
+        "token_dtype",
+    ] {
+        assert!(props.contains_key(key), "{key}");
+    }
+    assert_eq!(
+        schema["additionalProperties"],
+        serde_json::Value::Bool(false)
+    );
+    let p = DataPrepParams::default();
+    let json = serde_json::to_string(&p).unwrap();
+    assert_eq!(serde_json::from_str::<DataPrepParams>(&json).unwrap(), p);
+    let q: DataPrepParams = toml::from_str(
+        r#"
+source = { jsonl = { path = "d/*.jsonl.zst" } }
+tokenizer = { path = "tok/tokenizer.json" }
+haystack = { filler = "repeat", passkey = { instruction = "", needle = " key {value}.", question = " key?", answer = " {value}", value_digits = 4, spaced_digits = false, keys = "words" } }
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::from_str::<DataPrepParams>(&serde_json::to_string(&q).unwrap()).unwrap(),
+        q
+    );
+}

@@ -2,6 +2,7 @@
 //! tokenizer, shards and samplers, the synthetic corpus's long-range structure, haystacks, stats,
 //! and the errors a researcher meets.
 
+mod bench;
 mod errors;
 mod haystacks;
 mod prepare;
