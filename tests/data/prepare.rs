@@ -227,3 +227,29 @@ split = { valid_documents = 4 }
     let p = SyntheticParams::default();
     assert_eq!(p.min_tokens, 64);
 }
+
+/// The quickstart's data with every default: `cargo test --release --test tests
+/// default_synthetic_prepare -- --ignored --nocapture` prints its time and stats.
+#[test]
+#[ignore]
+fn default_synthetic_prepare() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let stats = prep("", dir.path(), &dir.path().join("out"), 1234).unwrap();
+    println!(
+        "{:.1} s: {}",
+        t0.elapsed().as_secs_f64(),
+        serde_json::to_string_pretty(&stats).unwrap()
+    );
+    let data = PreparedData::open(&dir.path().join("out")).unwrap();
+    let corpus = SyntheticCorpus::new(data.manifest.synthetic.as_ref().unwrap()).unwrap();
+    for w in corpus.vocabulary() {
+        assert_eq!(
+            encode_piece(&data.tokenizer, &format!(" {w}"))
+                .unwrap()
+                .len(),
+            1,
+            "{w}"
+        );
+    }
+}
