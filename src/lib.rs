@@ -6,3 +6,4 @@ pub mod model;
 pub mod progress;
 pub mod report;
 pub mod tables;
+pub mod train;
