@@ -3,4 +3,5 @@
 mod analysis;
 mod model;
 mod train;
+mod report;
 mod runner;
