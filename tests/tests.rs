@@ -1,7 +1,9 @@
 //! The integration test binary: one module per area.
 
 mod analysis;
+mod data;
 mod model;
 mod train;
 mod report;
 mod runner;
+mod stages;

@@ -7,6 +7,8 @@
 //! [`KINDS`]; adding a kind is implementing the trait and adding one line there.
 
 pub mod command;
+pub mod model;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -20,7 +22,11 @@ use serde::de::DeserializeOwned;
 use crate::progress::Progress;
 
 /// Every stage kind the runner knows. Add a kind here, one line each.
-pub static KINDS: &[&dyn ErasedKind] = &[&Erased::<command::Command>::NEW];
+pub static KINDS: &[&dyn ErasedKind] = &[
+    &Erased::<command::Command>::NEW,
+    &Erased::<model::Model>::NEW,
+    &Erased::<report::Report>::NEW,
+];
 
 /// Look a kind up by its `kind = "..."` name.
 pub fn kind(name: &str) -> Option<&'static dyn ErasedKind> {
