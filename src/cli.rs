@@ -10,11 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::{Parser, Subcommand};
 
 use crate::error::{Error, Result};
-use crate::stages::StageKind;
 use crate::pipeline::cache::Cache;
 use crate::pipeline::exec::{ExecOptions, Selection};
 use crate::pipeline::graph::DagFormat;
 use crate::pipeline::{self, schema};
+use crate::stages::StageKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -261,9 +261,8 @@ fn report_command(load: &LoadArgs) -> Result<()> {
     }
     let dir = &p.results_dir;
     for inst in &reports {
-        let opts: ReportOptions = serde_json::from_value(inst.params.clone()).map_err(|e| {
-            Error::Usage(format!("stage `{}`: report options: {e}", inst.name))
-        })?;
+        let opts: ReportOptions = serde_json::from_value(inst.params.clone())
+            .map_err(|e| Error::Usage(format!("stage `{}`: report options: {e}", inst.name)))?;
         // The same place the runner publishes a report stage's output to.
         let out = if reports.len() > 1 {
             dir.join(&inst.name)

@@ -1106,7 +1106,10 @@ mod tests {
             });
         }
         write_table(
-            &dir.path().join("yarn").join("metrics").join("val_log.parquet"),
+            &dir.path()
+                .join("yarn")
+                .join("metrics")
+                .join("val_log.parquet"),
             &[ValLogRow {
                 step: 1,
                 tokens: 2,

@@ -3,7 +3,7 @@
 mod analysis;
 mod data;
 mod model;
-mod train;
 mod report;
 mod runner;
 mod stages;
+mod train;

@@ -310,7 +310,11 @@ pub fn publish_reports(dir: &Path, instances: &[InstanceInfo]) -> Result<Vec<Pat
             dir.to_path_buf()
         };
         let rd = std::fs::read_dir(&src).map_err(|e| Error::io("cannot read", &src, e))?;
-        let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        let mut files: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
         files.sort();
         for f in files {
             let bytes = std::fs::read(&f).map_err(|e| Error::io("cannot read", &f, e))?;

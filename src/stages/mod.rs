@@ -9,6 +9,7 @@
 pub mod command;
 pub mod model;
 pub mod report;
+pub mod train;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -26,6 +27,7 @@ pub static KINDS: &[&dyn ErasedKind] = &[
     &Erased::<command::Command>::NEW,
     &Erased::<model::Model>::NEW,
     &Erased::<report::Report>::NEW,
+    &Erased::<train::Train>::NEW,
 ];
 
 /// Look a kind up by its `kind = "..."` name.

@@ -55,7 +55,8 @@ impl StageKind for Report {
         gather_tables(&tables, &infos)?;
         ctx.progress.advance(1);
         let summary = write_report(&tables, &ctx.out_dir.join(REPORT_DIR), params)?;
-        ctx.progress.message(&format!("{} figures", summary.figures.len()));
+        ctx.progress
+            .message(&format!("{} figures", summary.figures.len()));
         ctx.progress.advance(1);
         Ok(())
     }

@@ -11,6 +11,7 @@
 //!
 //! See docs/train.md.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod error;
 pub mod optim;

@@ -254,7 +254,8 @@ pub fn train(
             });
             (log_tokens, log_elapsed) = (state.tokens, state.elapsed_s);
         }
-        if !validation.is_empty() && ((p.val_every > 0 && step.is_multiple_of(p.val_every)) || step == total)
+        if !validation.is_empty()
+            && ((p.val_every > 0 && step.is_multiple_of(p.val_every)) || step == total)
         {
             let val_loss = validation_loss(&model.valid(), validation, rows)?;
             state.val_log.push(ValEntry {

@@ -87,5 +87,8 @@ fn a_missing_or_broken_checkpoint_fails_naming_the_directory() {
     let err = p.fail(&["run", file.to_str().unwrap()]);
     assert!(err.contains("999"), "{err}");
     assert!(err.contains("mlp"), "{err}");
-    assert!(cache_entries(&p).is_empty(), "a failed import left a cache entry");
+    assert!(
+        cache_entries(&p).is_empty(),
+        "a failed import left a cache entry"
+    );
 }

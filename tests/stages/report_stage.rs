@@ -73,7 +73,11 @@ fn the_report_stage_publishes_report_and_figures_and_pipe_report_regenerates_the
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
         .collect();
-    assert!(!pngs.is_empty(), "no figures published in {}", results.display());
+    assert!(
+        !pngs.is_empty(),
+        "no figures published in {}",
+        results.display()
+    );
     // The gathered ppl table is there too, with both instances.
     let ppl = ropelens::tables::read_results::<PplRow>(&results.join("ppl.parquet")).unwrap();
     assert_eq!(ppl.len(), 8);

@@ -348,3 +348,21 @@ fn bad_inputs_are_errors_naming_the_key() {
     let e = train(&job, plain, &mut source, &[]).unwrap_err();
     assert!(e.to_string().contains("autodiff device"), "{e}");
 }
+
+/// Throughput of the loop; run with
+/// `cargo test --release --test tests train::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark: prints tokens/s, takes about a minute"]
+fn throughput() {
+    use ropelens::train::bench::{TrainBench, bench_train};
+    for (name, b) in [
+        ("quickstart", TrainBench::quickstart()),
+        ("5M", TrainBench::five_m()),
+    ] {
+        let r = bench_train(&b, &Device::flex(), &Silent).unwrap();
+        println!(
+            "{name}: {} params, batch {} x {}: {:.3} s/step ({:.3} CPU s), {:.0} tokens/s",
+            r.params, b.batch_size, b.seq_len, r.step_s, r.step_cpu_s, r.tokens_per_s
+        );
+    }
+}
