@@ -52,6 +52,17 @@ impl TrainBench {
         }
     }
 
+    /// The quickstart's RoPE-extension fine-tune: the base model at 4x its length, 256 tokens
+    /// x batch 8.
+    pub fn quickstart_extend() -> Self {
+        TrainBench {
+            config: LlamaConfig::new(2048, 128, 4, 4, 256),
+            batch_size: 8,
+            seq_len: 256,
+            steps: 10,
+        }
+    }
+
     /// The ~5M-parameter model of the model benchmark: hidden 256, 4 layers, ffn 704, vocab
     /// 4096, 256 tokens x batch 8.
     pub fn five_m() -> Self {

@@ -357,6 +357,7 @@ fn throughput() {
     use ropelens::train::bench::{TrainBench, bench_train};
     for (name, b) in [
         ("quickstart", TrainBench::quickstart()),
+        ("quickstart extend", TrainBench::quickstart_extend()),
         ("5M", TrainBench::five_m()),
     ] {
         let r = bench_train(&b, &Device::flex(), &Silent).unwrap();
