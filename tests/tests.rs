@@ -6,3 +6,4 @@ mod model;
 mod report;
 mod runner;
 mod stages;
+mod train;

@@ -10,6 +10,7 @@ pub mod command;
 pub mod data_prep;
 pub mod model;
 pub mod report;
+pub mod train;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -28,6 +29,7 @@ pub static KINDS: &[&dyn ErasedKind] = &[
     &Erased::<data_prep::DataPrep>::NEW,
     &Erased::<model::Model>::NEW,
     &Erased::<report::Report>::NEW,
+    &Erased::<train::Train>::NEW,
 ];
 
 /// Look a kind up by its `kind = "..."` name.
