@@ -2,6 +2,7 @@
 
 pub mod analysis;
 pub mod device;
+pub mod eval;
 pub mod model;
 pub mod progress;
 pub mod report;
