@@ -1,9 +1,16 @@
 //! ropelens: pipelines for studying RoPE extensions of long-context LLMs.
 
 pub mod analysis;
+pub mod bench;
+pub mod cli;
 pub mod device;
+pub mod error;
 pub mod eval;
 pub mod model;
+pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod stages;
 pub mod tables;
+
+pub use error::{Error, Result};

@@ -1,1 +1,5 @@
-fn main() {}
+//! `pipe`: the command line; everything lives in the library (`ropelens::cli`).
+
+fn main() -> std::process::ExitCode {
+    ropelens::cli::run()
+}

@@ -3,3 +3,4 @@
 mod analysis;
 mod eval;
 mod model;
+mod runner;

@@ -1,0 +1,313 @@
+//! The `pipe` command line: flags (clap) and one function per subcommand.
+//!
+//! `main` calls [`run`] and nothing else (ripgrep's shape); every error is printed once, here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+use crate::pipeline::cache::Cache;
+use crate::pipeline::exec::{ExecOptions, Selection};
+use crate::pipeline::graph::DagFormat;
+use crate::pipeline::{self, schema};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pipe",
+    version,
+    about = "Run TOML pipelines of cached, parallel stages into Parquet results"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags shared by commands that load a pipeline.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// Override a value for this run: `--set stages.extend.train.steps=100` (a TOML value; a
+    /// bare word is a string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// Which instances to consider.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelectArgs {
+    /// Only this stage or instance (and what it needs); repeatable.
+    #[arg(long = "stage", value_name = "NAME")]
+    pub stages: Vec<String>,
+    /// Also everything downstream of the selected stages.
+    #[arg(long)]
+    pub downstream: bool,
+    /// Rebuild the selected stages (all, without --stage) even when cached.
+    #[arg(long)]
+    pub force: bool,
+    /// Rebuild every instance of the run, upstream included.
+    #[arg(long)]
+    pub force_all: bool,
+}
+
+impl SelectArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            stages: self.stages.clone(),
+            downstream: self.downstream,
+            force: self.force,
+            force_all: self.force_all,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build what is not cached, then write results/<pipeline>/.
+    Run {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Print what would run, and why, without running anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Instances run at once (default: the number of cores).
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
+        /// After a failure, go on with everything that does not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print each instance as cached, run or stale, with the reason.
+    Status {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Print the instance graph.
+    Dag {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: DagFormat,
+    },
+    /// Check a pipeline file without running anything.
+    Validate {
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Print the JSON schema of pipeline files.
+    Schema,
+    /// Inspect or clean the cache ($PIPE_CACHE or .pipe/cache).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Benchmarks of the tool itself.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List entries with size, age and instance.
+    Ls,
+    /// Remove entries that no given pipeline file references.
+    Gc {
+        /// Pipeline files whose instances to keep.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// No-op re-run of a fully cached pipeline of `command` stages.
+    Runner {
+        /// Instances in the generated pipeline.
+        #[arg(long, default_value_t = 100)]
+        instances: usize,
+        /// Timed repetitions.
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+    },
+}
+
+/// Parse `std::env::args`, run, print any error once, and choose the exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr().lock(), "error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            load,
+            select,
+            dry_run,
+            jobs,
+            keep_going,
+            quiet,
+        } => {
+            let t0 = Instant::now();
+            let cache = Cache::from_env();
+            let plan = pipeline::plan(&load.file, &load.sets, &cache, &select.selection())?;
+            if dry_run {
+                print!("{}", plan.describe());
+                return Ok(());
+            }
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let summary = pipeline::run(
+                &plan,
+                &cache,
+                &ExecOptions {
+                    jobs,
+                    keep_going,
+                    quiet,
+                },
+            )?;
+            if !quiet {
+                eprintln!(
+                    "{} built, {} cached in {:.2}s; results in {}",
+                    summary.built,
+                    summary.cached,
+                    t0.elapsed().as_secs_f64(),
+                    summary.results_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Status { load, select } => {
+            let plan = pipeline::plan(
+                &load.file,
+                &load.sets,
+                &Cache::from_env(),
+                &select.selection(),
+            )?;
+            print!("{}", plan.describe());
+            Ok(())
+        }
+        Command::Dag { load, format } => {
+            let (p, g) = pipeline::load(&load.file, &load.sets)?;
+            print!("{}", g.render(&p, format));
+            Ok(())
+        }
+        Command::Validate { load } => {
+            let (p, g) = pipeline::load(&load.file, &load.sets)?;
+            println!(
+                "{}: ok ({} stages, {} instances)",
+                load.file.display(),
+                p.stages.len(),
+                g.instances.len()
+            );
+            Ok(())
+        }
+        Command::Schema => {
+            print!("{}", schema::pipeline_schema_text());
+            Ok(())
+        }
+        Command::Cache { command } => cache_command(command),
+        Command::Bench {
+            command: BenchCommand::Runner { instances, reps },
+        } => crate::bench::runner(instances, reps),
+    }
+}
+
+/// `1.2 MiB`, `340 B`.
+pub fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// `45s`, `3m`, `2h`, `4d`.
+pub fn human_age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+fn cache_command(command: CacheCommand) -> Result<()> {
+    let cache = Cache::from_env();
+    match command {
+        CacheCommand::Ls => {
+            let entries = cache.list()?;
+            let mut total = 0;
+            for e in &entries {
+                total += e.bytes;
+                let age = e
+                    .modified
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .map_or_else(|| "?".into(), human_age);
+                let who = e.record.as_ref().map_or_else(String::new, |r| {
+                    format!("{}/{} ({})", r.pipeline, r.instance, r.fields.kind)
+                });
+                println!("{}  {:>10}  {:>4}  {who}", e.key, human_bytes(e.bytes), age);
+            }
+            println!(
+                "{} entries, {} in {}",
+                entries.len(),
+                human_bytes(total),
+                cache.root.display()
+            );
+            Ok(())
+        }
+        CacheCommand::Gc {
+            files,
+            sets,
+            dry_run,
+        } => {
+            let keep = pipeline::referenced_keys(&files, &sets, &cache)?;
+            let removed = cache.gc(&keep, dry_run)?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            let mut total = 0;
+            for (path, size) in &removed {
+                total += size;
+                println!("{verb} {} ({})", path.display(), human_bytes(*size));
+            }
+            println!(
+                "{verb} {} entries, {}; kept {} referenced",
+                removed.len(),
+                human_bytes(total),
+                keep.len()
+            );
+            Ok(())
+        }
+    }
+}

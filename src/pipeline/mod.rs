@@ -1,0 +1,241 @@
+//! The runner: load a pipeline, plan it against the cache, execute, gather results.
+//!
+//! `spec` (TOML to checked stages) -> `graph` (instances, DAG) -> `exec::plan` (keys, statuses)
+//! -> `exec::execute` (parallel builds) -> `results` (Parquet tables, `runs`, `run.json`).
+
+pub mod cache;
+pub mod exec;
+pub mod graph;
+pub mod key;
+pub mod results;
+pub mod schema;
+pub mod spec;
+pub mod ui;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use cache::Cache;
+use exec::{ExecOptions, Outcome, Plan, Report, Selection};
+use results::{InstanceInfo, RunRow};
+
+/// Load, check and expand a pipeline file.
+pub fn load(file: &Path, sets: &[String]) -> Result<(spec::Pipeline, graph::Graph)> {
+    let p = spec::load(file, sets)?;
+    let g = graph::expand(&p)?;
+    Ok((p, g))
+}
+
+/// Load and plan against `cache`.
+pub fn plan(file: &Path, sets: &[String], cache: &Cache, sel: &Selection) -> Result<Plan> {
+    let (p, g) = load(file, sets)?;
+    exec::plan(p, g, cache, sel)
+}
+
+/// What a finished run did.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub built: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub results_dir: PathBuf,
+    pub reports: Vec<Report>,
+}
+
+/// Execute a plan and write the results; an error when any instance failed.
+pub fn run(plan: &Plan, cache: &Cache, opts: &ExecOptions) -> Result<RunSummary> {
+    let started = Utc::now();
+    let reports = exec::execute(plan, cache, opts);
+    let finished = Utc::now();
+    write_results(plan, cache, &reports, started, finished)?;
+    let count = |w: &str| {
+        reports
+            .iter()
+            .zip(&plan.included)
+            .filter(|(r, inc)| **inc && r.outcome.word() == w)
+            .count()
+    };
+    let summary = RunSummary {
+        built: count("built"),
+        cached: count("cached"),
+        failed: count("failed"),
+        skipped: count("skipped"),
+        results_dir: plan.pipeline.results_dir.clone(),
+        reports,
+    };
+    if summary.failed > 0 || summary.skipped > 0 {
+        let mut text = String::new();
+        for (i, r) in summary.reports.iter().enumerate() {
+            let name = &plan.graph.instances[i].name;
+            match &r.outcome {
+                Outcome::Failed(e) => {
+                    text.push_str(&format!("  {name}: {}\n", e.replace('\n', "\n    ")))
+                }
+                Outcome::Skipped(why) => text.push_str(&format!("  {name}: skipped, {why}\n")),
+                _ => {}
+            }
+        }
+        let not_started = plan
+            .included
+            .iter()
+            .zip(&plan.status)
+            .zip(&summary.reports)
+            .filter(|((inc, s), r)| **inc && s.builds() && r.outcome == Outcome::NotRun)
+            .count();
+        if not_started > 0 {
+            text.push_str(&format!("  ({not_started} instance(s) not started after the failure; --keep-going runs independent ones)\n"));
+        }
+        return Err(Error::RunFailed {
+            failed: summary.failed,
+            total: plan.included.iter().filter(|i| **i).count(),
+            summary: text.trim_end().to_string(),
+        });
+    }
+    Ok(summary)
+}
+
+fn git_commit(dir: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).to_string()
+}
+
+/// Write `runs.parquet`, every gathered table and `run.json` into the results directory.
+fn write_results(
+    plan: &Plan,
+    cache: &Cache,
+    reports: &[Report],
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+) -> Result<()> {
+    let dir = &plan.pipeline.results_dir;
+    let infos: Vec<InstanceInfo> = plan
+        .graph
+        .instances
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| InstanceInfo {
+            stage: plan.pipeline.stages[inst.stage].name.clone(),
+            instance: inst.name.clone(),
+            matrix: inst.matrix_columns(),
+            dir: cache.has(plan.key(i)).then(|| cache.entry(plan.key(i))),
+        })
+        .collect();
+    let rows: Vec<(InstanceInfo, RunRow)> = infos
+        .iter()
+        .zip(reports)
+        .enumerate()
+        .filter(|(i, _)| plan.included[*i])
+        .map(|(i, (info, r))| {
+            let error = match &r.outcome {
+                Outcome::Failed(e) | Outcome::Skipped(e) => Some(e.clone()),
+                _ => None,
+            };
+            (
+                info.clone(),
+                RunRow {
+                    key: plan.key(i).to_string(),
+                    cached: r.outcome == Outcome::Cached,
+                    status: r.outcome.word().to_string(),
+                    seconds: r.seconds,
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
+                    error,
+                },
+            )
+        })
+        .collect();
+    results::write_runs(dir, &rows)?;
+
+    // Gathering reads every instance's tables: skip it when the set of entries is unchanged.
+    let gathered: Vec<(String, String)> = infos
+        .iter()
+        .enumerate()
+        .filter(|(_, info)| info.dir.is_some())
+        .map(|(i, info)| (info.instance.clone(), plan.key(i).to_string()))
+        .collect();
+    let run_json = dir.join("run.json");
+    let previous: Option<serde_json::Value> = std::fs::read(&run_json)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    // A forced rebuild keeps its key but may change its tables: gather again after any build.
+    let any_built = reports.iter().any(|r| r.outcome == Outcome::Built);
+    let prev_tables: Option<Vec<String>> = previous
+        .as_ref()
+        .filter(|_| !any_built)
+        .filter(|v| v["gathered"] == serde_json::json!(gathered))
+        .and_then(|v| serde_json::from_value(v["tables"].clone()).ok())
+        .filter(|t: &Vec<String>| t.iter().all(|t| dir.join(format!("{t}.parquet")).is_file()));
+    let tables = match prev_tables {
+        Some(t) => t,
+        None => results::gather_tables(dir, &infos)?,
+    };
+    let instances: Vec<serde_json::Value> = infos
+        .iter()
+        .zip(reports)
+        .enumerate()
+        .filter(|(i, _)| plan.included[*i])
+        .map(|(i, (info, r))| {
+            serde_json::json!({
+                "stage": info.stage,
+                "instance": info.instance,
+                "key": plan.key(i),
+                "status": r.outcome.word(),
+                "seconds": r.seconds,
+            })
+        })
+        .collect();
+    let provenance = serde_json::json!({
+        "pipeline": plan.pipeline.header.name,
+        "file": plan.pipeline.file,
+        "file_hash": plan.pipeline.file_hash,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "git_commit": git_commit(&plan.pipeline.dir),
+        "device": plan.pipeline.header.device,
+        "host": host_name(),
+        "cache": std::path::absolute(&cache.root).unwrap_or_else(|_| cache.root.clone()),
+        "started_at": started.to_rfc3339(),
+        "finished_at": finished.to_rfc3339(),
+        "instances": instances,
+        "tables": tables,
+        "gathered": gathered,
+    });
+    let bytes = serde_json::to_vec_pretty(&provenance).unwrap_or_default();
+    cache::write_atomic(&run_json, &bytes)
+}
+
+/// Every key any instance of these pipeline files has (for `pipe cache gc`).
+pub fn referenced_keys(
+    files: &[PathBuf],
+    sets: &[String],
+    cache: &Cache,
+) -> Result<BTreeSet<String>> {
+    let mut keys = BTreeSet::new();
+    for f in files {
+        let plan = plan(f, sets, cache, &Selection::default())?;
+        keys.extend(plan.records.iter().map(|r| r.key.clone()));
+    }
+    Ok(keys)
+}

@@ -1,0 +1,431 @@
+//! Parquet results: the per-instance table helper and the gathering into `results/<pipeline>/`.
+//!
+//! A stage writes `metrics/<table>.parquet` in its output directory ([`write_table`]). After a
+//! run, every table any instance wrote is gathered into `results/<pipeline>/<table>.parquet`
+//! with the columns `stage`, `instance`, the instance's matrix values flattened, then the table's
+//! own columns; `runs.parquet` has one row per instance and `run.json` the provenance. Every file
+//! is written to a temporary name and renamed, so readers never see half a file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatchReader, StringArray,
+    TimestampMicrosecondArray, new_null_array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Error, Result};
+
+/// Where a stage's tables live inside its output directory.
+pub const METRICS_DIR: &str = "metrics";
+
+fn results_err(table: &str, message: impl Into<String>) -> Error {
+    Error::Results {
+        table: table.to_string(),
+        message: message.into(),
+    }
+}
+
+fn check_table_name(table: &str) -> Result<()> {
+    let ok = !table.is_empty()
+        && table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(results_err(
+            table,
+            "a table name may use only letters, digits, `_` and `-`",
+        ))
+    }
+}
+
+/// Write batches (sharing `schema`) to `path` as zstd Parquet, atomically.
+pub fn write_parquet(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    let tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("cannot write in", dir, e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let table = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let file = tmp
+        .reopen()
+        .map_err(|e| Error::io("cannot write", path, e))?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props))
+        .map_err(|e| results_err(&table, e.to_string()))?;
+    for b in batches {
+        writer
+            .write(b)
+            .map_err(|e| results_err(&table, e.to_string()))?;
+    }
+    writer
+        .close()
+        .map_err(|e| results_err(&table, e.to_string()))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("cannot write", path, e.error))?;
+    Ok(())
+}
+
+/// Write `batch` as table `table` of the instance whose output directory is `out_dir`.
+pub fn write_table(out_dir: &Path, table: &str, batch: &RecordBatch) -> Result<()> {
+    check_table_name(table)?;
+    let path = out_dir.join(METRICS_DIR).join(format!("{table}.parquet"));
+    write_parquet(&path, batch.schema(), std::slice::from_ref(batch))
+}
+
+/// Read a whole Parquet file.
+pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let table = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let file = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| results_err(&table, format!("{}: {e}", path.display())))?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| results_err(&table, format!("{}: {e}", path.display())))?;
+    Ok((schema, batches))
+}
+
+/// What the gatherer needs to know of one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    pub stage: String,
+    pub instance: String,
+    pub matrix: Vec<(String, serde_json::Value)>,
+    /// Its finished output directory, when it has one.
+    pub dir: Option<PathBuf>,
+}
+
+/// One row of `runs.parquet`.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub key: String,
+    pub cached: bool,
+    /// `cached`, `built`, `failed`, `skipped` or `not-run`.
+    pub status: String,
+    pub seconds: f64,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub error: Option<String>,
+}
+
+/// Infer one Arrow type for a matrix column from its values.
+fn matrix_type(values: &[Option<&serde_json::Value>]) -> DataType {
+    let present: Vec<&serde_json::Value> = values.iter().flatten().copied().collect();
+    if present.is_empty() {
+        DataType::Utf8
+    } else if present.iter().all(|v| v.is_i64()) {
+        DataType::Int64
+    } else if present.iter().all(|v| v.is_number()) {
+        DataType::Float64
+    } else if present.iter().all(|v| v.is_boolean()) {
+        DataType::Boolean
+    } else {
+        DataType::Utf8
+    }
+}
+
+fn matrix_array(ty: &DataType, v: Option<&serde_json::Value>, n: usize) -> ArrayRef {
+    match (ty, v) {
+        (_, None) => new_null_array(ty, n),
+        (DataType::Int64, Some(v)) => Arc::new(Int64Array::from(vec![v.as_i64(); n])),
+        (DataType::Float64, Some(v)) => Arc::new(Float64Array::from(vec![v.as_f64(); n])),
+        (DataType::Boolean, Some(v)) => Arc::new(BooleanArray::from(vec![v.as_bool(); n])),
+        (_, Some(v)) => {
+            let s = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Arc::new(StringArray::from(vec![s; n]))
+        }
+    }
+}
+
+/// Prefix each instance's batches with `stage`, `instance` and matrix columns, unify schemas.
+fn assemble(
+    table: &str,
+    parts: &[(&InstanceInfo, SchemaRef, Vec<RecordBatch>)],
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    // The table's own columns: union by name, first appearance order, types must agree.
+    let mut own: Vec<Field> = Vec::new();
+    for (info, schema, _) in parts {
+        for f in schema.fields() {
+            match own.iter().find(|o| o.name() == f.name()) {
+                Some(o) if o.data_type() != f.data_type() => {
+                    return Err(results_err(
+                        table,
+                        format!(
+                            "column `{}` is {} in one instance and {} in `{}`",
+                            f.name(),
+                            o.data_type(),
+                            f.data_type(),
+                            info.instance
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => own.push(f.as_ref().clone().with_nullable(true)),
+            }
+        }
+    }
+    let own_names: BTreeSet<&str> = own.iter().map(|f| f.name().as_str()).collect();
+    let mut matrix_names: Vec<String> = Vec::new();
+    for (info, _, _) in parts {
+        for (k, _) in &info.matrix {
+            if !matrix_names.contains(k)
+                && !own_names.contains(k.as_str())
+                && k != "stage"
+                && k != "instance"
+            {
+                matrix_names.push(k.clone());
+            }
+        }
+    }
+    let matrix_types: Vec<DataType> = matrix_names
+        .iter()
+        .map(|m| {
+            let vals: Vec<Option<&serde_json::Value>> = parts
+                .iter()
+                .map(|(i, _, _)| i.matrix.iter().find(|(k, _)| k == m).map(|(_, v)| v))
+                .collect();
+            matrix_type(&vals)
+        })
+        .collect();
+    let mut fields = vec![
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("instance", DataType::Utf8, false),
+    ];
+    fields.extend(
+        matrix_names
+            .iter()
+            .zip(&matrix_types)
+            .map(|(n, t)| Field::new(n, t.clone(), true)),
+    );
+    fields.extend(own.iter().cloned());
+    let schema = Arc::new(Schema::new(fields));
+    let mut out = Vec::new();
+    for (info, _, batches) in parts {
+        for b in batches {
+            let n = b.num_rows();
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(vec![info.stage.as_str(); n])),
+                Arc::new(StringArray::from(vec![info.instance.as_str(); n])),
+            ];
+            for (m, t) in matrix_names.iter().zip(&matrix_types) {
+                let v = info.matrix.iter().find(|(k, _)| k == m).map(|(_, v)| v);
+                cols.push(matrix_array(t, v, n));
+            }
+            for f in &own {
+                cols.push(match b.column_by_name(f.name()) {
+                    Some(c) => c.clone(),
+                    None => new_null_array(f.data_type(), n),
+                });
+            }
+            out.push(
+                RecordBatch::try_new(schema.clone(), cols).map_err(|e| {
+                    results_err(table, format!("instance `{}`: {e}", info.instance))
+                })?,
+            );
+        }
+    }
+    Ok((schema, out))
+}
+
+/// Gather every table of `instances` into `dir/<table>.parquet`; returns the table names.
+pub fn gather_tables(dir: &Path, instances: &[InstanceInfo]) -> Result<Vec<String>> {
+    let mut by_table: BTreeMap<String, Vec<(&InstanceInfo, PathBuf)>> = BTreeMap::new();
+    for info in instances {
+        let Some(out) = &info.dir else { continue };
+        let Ok(rd) = std::fs::read_dir(out.join(METRICS_DIR)) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        files.sort();
+        for f in files {
+            let table = f
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            by_table.entry(table).or_default().push((info, f));
+        }
+    }
+    for (table, files) in &by_table {
+        if table == "runs" {
+            return Err(results_err(
+                table,
+                "the name `runs` is reserved for the runner's own table",
+            ));
+        }
+        let mut parts = Vec::new();
+        for (info, f) in files {
+            let (schema, batches) = read_parquet(f)?;
+            parts.push((*info, schema, batches));
+        }
+        let (schema, batches) = assemble(table, &parts)?;
+        write_parquet(&dir.join(format!("{table}.parquet")), schema, &batches)?;
+    }
+    Ok(by_table.into_keys().collect())
+}
+
+/// Write `runs.parquet`: one row per instance.
+pub fn write_runs(dir: &Path, rows: &[(InstanceInfo, RunRow)]) -> Result<()> {
+    let n = rows.len();
+    let ts = |f: fn(&RunRow) -> Option<chrono::DateTime<chrono::Utc>>| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                rows.iter()
+                    .map(|(_, r)| f(r).map(|t| t.timestamp_micros()))
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        )
+    };
+    let own_schema = Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("cached", DataType::Boolean, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new(
+            "started_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new(
+            "finished_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("tool_version", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, true),
+    ]);
+    let version = env!("CARGO_PKG_VERSION");
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(
+            rows.iter().map(|(_, r)| r.key.as_str()).collect::<Vec<_>>(),
+        )),
+        Arc::new(BooleanArray::from(
+            rows.iter().map(|(_, r)| r.cached).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter()
+                .map(|(_, r)| r.status.as_str())
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            rows.iter().map(|(_, r)| r.seconds).collect::<Vec<_>>(),
+        )),
+        ts(|r| r.started_at),
+        ts(|r| r.finished_at),
+        Arc::new(StringArray::from(vec![version; n])),
+        Arc::new(StringArray::from(
+            rows.iter()
+                .map(|(_, r)| r.error.clone())
+                .collect::<Vec<_>>(),
+        )),
+    ];
+    let own_schema = Arc::new(own_schema);
+    let batch = RecordBatch::try_new(own_schema.clone(), cols)
+        .map_err(|e| results_err("runs", e.to_string()))?;
+    // One part per instance so the matrix columns line up.
+    let mut parts = Vec::new();
+    for (i, (info, _)) in rows.iter().enumerate() {
+        parts.push((info, own_schema.clone(), vec![batch.slice(i, 1)]));
+    }
+    let (schema, batches) = assemble("runs", &parts)?;
+    let batches = if batches.is_empty() {
+        vec![RecordBatch::new_empty(schema.clone())]
+    } else {
+        vec![
+            arrow::compute::concat_batches(&schema, &batches)
+                .map_err(|e| results_err("runs", e.to_string()))?,
+        ]
+    };
+    write_parquet(&dir.join("runs.parquet"), schema, &batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn batch(col: &str, v: Vec<f64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new(col, DataType::Float64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Float64Array::from(v))])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn table_round_trip_with_prefix_columns() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        write_table(&a, "ppl", &batch("ppl", vec![1.5, 2.5])).unwrap_or_else(|e| panic!("{e}"));
+        write_table(&b, "ppl", &batch("ppl", vec![3.5])).unwrap_or_else(|e| panic!("{e}"));
+        let infos = vec![
+            InstanceInfo {
+                stage: "e".into(),
+                instance: "e@f-2".into(),
+                matrix: vec![("f".into(), json!(2))],
+                dir: Some(a),
+            },
+            InstanceInfo {
+                stage: "e".into(),
+                instance: "e@f-4.5".into(),
+                matrix: vec![("f".into(), json!(4.5))],
+                dir: Some(b),
+            },
+        ];
+        let out = dir.path().join("results");
+        let tables = gather_tables(&out, &infos).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tables, ["ppl"]);
+        let (schema, batches) =
+            read_parquet(&out.join("ppl.parquet")).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["stage", "instance", "f", "ppl"]);
+        assert_eq!(schema.field(2).data_type(), &DataType::Float64);
+        let all =
+            arrow::compute::concat_batches(&schema, &batches).unwrap_or_else(|e| panic!("{e}"));
+        let f = all
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .map(|a| a.values().to_vec());
+        assert_eq!(f, Some(vec![2.0, 2.0, 4.5]));
+        let inst = all
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .map(|a| a.value(2).to_string());
+        assert_eq!(inst.as_deref(), Some("e@f-4.5"));
+    }
+
+    #[test]
+    fn bad_table_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let e = write_table(dir.path(), "../x", &batch("a", vec![1.0]))
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("`../x`")));
+    }
+}

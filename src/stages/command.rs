@@ -1,0 +1,177 @@
+//! The generic `command` stage: run an external program, like a DVC stage.
+//!
+//! The program runs in the instance's output directory with its needs' output directories in
+//! `PIPE_NEED_<NAME>` and its parameters as JSON in `PIPE_PARAMS`; every `metrics/*.parquet` it
+//! leaves becomes a results table. It makes the runner useful beyond this study and gives the
+//! runner's tests a cheap stage to drive.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+
+use anyhow::{Context, bail};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Needs, Resources, StageKind};
+
+/// Runs `args` as a process in the instance's output directory.
+pub struct Command;
+
+/// Parameters of a `command` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandParams {
+    /// The program and its arguments, e.g. `["sh", "-c", "echo hi > out.txt"]`. A program
+    /// written as a relative path with a `/` (`./train.sh`) is resolved against the pipeline
+    /// file's directory and its content is part of the key.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Files or directories the command reads (relative to the pipeline file); their content is
+    /// part of the key.
+    #[serde(default)]
+    pub inputs: Vec<PathBuf>,
+    /// GPU slots held while running (at most one GPU stage runs at a time).
+    #[serde(default)]
+    pub gpu: u32,
+    /// Keep what a failed or killed attempt left in the build directory for the next attempt.
+    #[serde(default)]
+    pub resumable: bool,
+    /// Free-form values for the program, passed along in `PIPE_PARAMS` (and so part of the
+    /// key); a `matrix` may sweep them (`matrix.vars = [{ lr = 1e-3 }, ...]`).
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+/// The program's path when it is a relative path to a file beside the pipeline.
+fn local_program(args: &[String]) -> Option<&Path> {
+    let program = Path::new(args.first()?);
+    (program.is_relative() && program.components().count() > 1).then_some(program)
+}
+
+/// `PIPE_NEED_<NAME>`: upper case, anything but letters and digits becomes `_`.
+pub fn need_env_name(name: &str) -> String {
+    let mut out = String::from("PIPE_NEED_");
+    out.extend(name.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    out
+}
+
+impl StageKind for Command {
+    const KIND: &'static str = "command";
+    const VERSION: u32 = 1;
+    type Params = CommandParams;
+
+    fn needs() -> Needs {
+        Needs::Any
+    }
+
+    fn inputs(params: &CommandParams) -> Vec<PathBuf> {
+        let mut inputs = params.inputs.clone();
+        inputs.extend(local_program(&params.args).map(Path::to_path_buf));
+        inputs
+    }
+
+    fn resources(params: &CommandParams, _device: &str) -> Resources {
+        Resources { gpu: params.gpu }
+    }
+
+    fn resumable(params: &CommandParams) -> bool {
+        params.resumable
+    }
+
+    fn run(params: &CommandParams, ctx: &Ctx<'_>) -> anyhow::Result<()> {
+        let Some(first) = params.args.first() else {
+            bail!("`args` is empty: give the program to run");
+        };
+        let program = match local_program(&params.args) {
+            Some(p) => ctx.resolve(p),
+            None => PathBuf::from(first),
+        };
+        let mut cmd = Process::new(&program);
+        cmd.args(&params.args[1..]).current_dir(ctx.out_dir);
+        for (name, ups) in ctx.needs {
+            let dirs = std::env::join_paths(ups.iter().map(|u| &u.dir))
+                .with_context(|| format!("need `{name}`: a directory name contains `:`"))?;
+            cmd.env(need_env_name(name), dirs);
+        }
+        cmd.env("PIPE_PARAMS", serde_json::to_string(params)?)
+            .env("PIPE_SEED", ctx.seed.to_string())
+            .env("PIPE_DEVICE", ctx.device)
+            .env("PIPE_STAGE", ctx.stage)
+            .env("PIPE_INSTANCE", ctx.instance)
+            .env("PIPE_OUT", ctx.out_dir)
+            .env("PIPE_PIPELINE_DIR", ctx.pipeline_dir)
+            .envs(&params.env);
+        let logs = ctx.out_dir.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let stdout = std::fs::File::create(logs.join("stdout.txt"))?;
+        cmd.stdout(stdout)
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        ctx.progress.start("command", 1);
+        ctx.progress.message(&params.args.join(" "));
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", program.display()))?;
+        // Keep stderr both in the log and for the error message.
+        let mut err = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            pipe.read_to_string(&mut err).ok();
+        }
+        let status = child.wait()?;
+        std::fs::write(logs.join("stderr.txt"), &err)?;
+        ctx.progress.advance(1);
+        if !status.success() {
+            let tail: Vec<&str> = err.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let how = match status.code() {
+                Some(code) => format!("exited with status {code}"),
+                None => "was killed by a signal".to_string(),
+            };
+            if tail.is_empty() {
+                bail!("`{}` {how}", params.args.join(" "));
+            }
+            bail!(
+                "`{}` {how}; stderr:\n{}",
+                params.args.join(" "),
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn need_names_become_env_names() {
+        assert_eq!(need_env_name("data"), "PIPE_NEED_DATA");
+        assert_eq!(need_env_name("my-model.v2"), "PIPE_NEED_MY_MODEL_V2");
+    }
+
+    #[test]
+    fn only_relative_paths_with_a_slash_are_local_programs() {
+        let args = |s: &str| vec![s.to_string()];
+        assert_eq!(
+            local_program(&args("./run.sh")),
+            Some(Path::new("./run.sh"))
+        );
+        assert_eq!(
+            local_program(&args("scripts/run.sh")),
+            Some(Path::new("scripts/run.sh"))
+        );
+        assert_eq!(local_program(&args("sh")), None);
+        assert_eq!(local_program(&args("/bin/sh")), None);
+    }
+}

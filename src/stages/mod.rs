@@ -1,0 +1,290 @@
+//! The stage interface: what a stage kind is, what the runner hands it, and the registry.
+//!
+//! A stage kind is a Rust type implementing [`StageKind`]: a typed, defaulted parameter struct,
+//! a name and a version, the needs it accepts, the external files its parameters point to, the
+//! resources it occupies, and one `run` function writing into an output directory. The runner
+//! knows nothing else about it. [`ErasedKind`] is the object-safe form the runner stores in
+//! [`KINDS`]; adding a kind is implementing the trait and adding one line there.
+
+pub mod command;
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use arrow::record_batch::RecordBatch;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::progress::Progress;
+
+/// Every stage kind the runner knows. Add a kind here, one line each.
+pub static KINDS: &[&dyn ErasedKind] = &[&Erased::<command::Command>::NEW];
+
+/// Look a kind up by its `kind = "..."` name.
+pub fn kind(name: &str) -> Option<&'static dyn ErasedKind> {
+    KINDS.iter().copied().find(|k| k.kind() == name)
+}
+
+/// One need a kind accepts (`needs = { data = "data" }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeedDecl {
+    /// The key in `needs`, e.g. `data`, `model`, `init`.
+    pub name: &'static str,
+    /// Whether the pipeline must give it.
+    pub required: bool,
+    /// Whether the kind accepts several upstream instances (`ppl[*]`); otherwise exactly one.
+    pub gather: bool,
+}
+
+/// Which needs a kind accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Exactly these names (unknown names are an error in the pipeline file).
+    Fixed(&'static [NeedDecl]),
+    /// Any names, single or gathered (the `command` kind).
+    Any,
+}
+
+/// Resources an instance holds while it runs, beyond one `-j` slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// GPU slots on the pipeline's device (its capacity is one: one GPU stage at a time).
+    pub gpu: u32,
+}
+
+/// A typed stage kind. Implement this, then add `&Erased::<YourKind>::NEW` to [`KINDS`].
+pub trait StageKind: Send + Sync + 'static {
+    /// The name used in `kind = "..."`.
+    const KIND: &'static str;
+    /// Bump when the kind's output for the same inputs would change: it is part of every key.
+    const VERSION: u32;
+    /// Parameters: every key of `[stages.X]` other than `kind`, `needs`, `matrix` and `seed`.
+    /// Use `#[serde(deny_unknown_fields)]` and defaults; doc comments become the JSON schema.
+    type Params: Serialize + DeserializeOwned + JsonSchema + Send + Sync;
+
+    /// The needs this kind accepts.
+    fn needs() -> Needs;
+
+    /// External files or directories the parameters point to, as written in the file (relative
+    /// paths are resolved against the pipeline file's directory). Their content is hashed into
+    /// the key, so editing them rebuilds the instance and touching them does not.
+    fn inputs(_params: &Self::Params) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Resources held while running; e.g. `gpu: 1` when `device` starts with `cuda`.
+    fn resources(_params: &Self::Params, _device: &str) -> Resources {
+        Resources::default()
+    }
+
+    /// Whether a retried run keeps what a killed or failed run left in the build directory
+    /// (checkpoints). Otherwise the runner empties it before each attempt.
+    fn resumable(_params: &Self::Params) -> bool {
+        false
+    }
+
+    /// Whether the device is part of the key (false for kinds whose output cannot depend on it).
+    fn device_sensitive(_params: &Self::Params) -> bool {
+        true
+    }
+
+    /// Build the instance's output in `ctx.out_dir`. Tables go to `metrics/<table>.parquet`
+    /// (see [`Ctx::write_table`]). An error fails this instance only.
+    fn run(params: &Self::Params, ctx: &Ctx<'_>) -> anyhow::Result<()>;
+}
+
+/// One upstream instance handed to a need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    /// The upstream stage's name, e.g. `extend`.
+    pub stage: String,
+    /// The upstream instance's name, e.g. `extend@yarn`.
+    pub instance: String,
+    /// The upstream's kind.
+    pub kind: String,
+    /// Its finished output directory (read-only by convention).
+    pub dir: PathBuf,
+    /// Its matrix values, flattened (`rope`, `rope_type`, `factor`, `seed`, ...).
+    pub matrix: BTreeMap<String, serde_json::Value>,
+    /// Its fully defaulted parameters.
+    pub params: serde_json::Value,
+}
+
+/// What a running instance gets from the runner.
+pub struct Ctx<'a> {
+    /// The stage's name (`extend`).
+    pub stage: &'a str,
+    /// The instance's name (`extend@yarn`).
+    pub instance: &'a str,
+    /// Where to write the output. For a retried run of a resumable kind it is the same directory
+    /// the killed run wrote into (`<cache>/<key>.partial/`); it is renamed into the cache only
+    /// when `run` returns `Ok`.
+    pub out_dir: &'a Path,
+    /// Needs by name; a single need has one element, a gathered need (`x[*]`) several.
+    pub needs: &'a BTreeMap<String, Vec<Upstream>>,
+    /// The instance's seed (pipeline seed, or the stage's `seed`, or a `matrix.seed` value).
+    pub seed: u64,
+    /// The pipeline's device: `cpu`, `cuda` or `cuda:N`.
+    pub device: &'a str,
+    /// The pipeline file's directory, for resolving relative paths in parameters.
+    pub pipeline_dir: &'a Path,
+    /// Step progress, drawn by the runner.
+    pub progress: &'a dyn Progress,
+}
+
+impl Ctx<'_> {
+    /// The single upstream instance of need `name`.
+    pub fn need(&self, name: &str) -> anyhow::Result<&Upstream> {
+        match self.needs.get(name).map(Vec::as_slice) {
+            Some([one]) => Ok(one),
+            Some(many) if !many.is_empty() => anyhow::bail!(
+                "need `{name}` has {} instances where one was expected",
+                many.len()
+            ),
+            _ => anyhow::bail!("instance `{}` has no need `{name}`", self.instance),
+        }
+    }
+
+    /// Every upstream instance of need `name` (empty when the need is absent).
+    pub fn need_all(&self, name: &str) -> &[Upstream] {
+        self.needs.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// A path from the parameters, resolved against the pipeline file's directory.
+    pub fn resolve(&self, path: impl AsRef<Path>) -> PathBuf {
+        self.pipeline_dir.join(path)
+    }
+
+    /// `out_dir/metrics`, where tables go.
+    pub fn metrics_dir(&self) -> PathBuf {
+        self.out_dir.join(crate::pipeline::results::METRICS_DIR)
+    }
+
+    /// Write `batch` as table `table` (`metrics/<table>.parquet`, zstd, atomically).
+    pub fn write_table(&self, table: &str, batch: &RecordBatch) -> crate::Result<()> {
+        crate::pipeline::results::write_table(self.out_dir, table, batch)
+    }
+}
+
+/// The object-safe form of a [`StageKind`], with parameters as canonical JSON.
+pub trait ErasedKind: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn needs(&self) -> Needs;
+    /// Deserialize the stage's parameter table (errors keep the TOML spans) and return the
+    /// fully defaulted parameters as JSON.
+    fn parse_params(
+        &self,
+        value: toml::Spanned<toml::de::DeValue<'_>>,
+    ) -> Result<serde_json::Value, toml::de::Error>;
+    /// The JSON schema of the parameters (a `$ref` into the generator's definitions).
+    fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
+    /// Top-level parameter names, for checking `matrix.<key>`; `None` when unknown.
+    fn param_names(&self) -> Option<Vec<String>>;
+    fn inputs(&self, params: &serde_json::Value) -> anyhow::Result<Vec<PathBuf>>;
+    fn resources(&self, params: &serde_json::Value, device: &str) -> anyhow::Result<Resources>;
+    fn resumable(&self, params: &serde_json::Value) -> anyhow::Result<bool>;
+    fn device_sensitive(&self, params: &serde_json::Value) -> anyhow::Result<bool>;
+    fn run(&self, params: &serde_json::Value, ctx: &Ctx<'_>) -> anyhow::Result<()>;
+}
+
+/// Adapter from a typed [`StageKind`] to [`ErasedKind`].
+pub struct Erased<K>(PhantomData<fn() -> K>);
+
+impl<K> Erased<K> {
+    pub const NEW: Self = Erased(PhantomData);
+}
+
+fn typed<K: StageKind>(params: &serde_json::Value) -> anyhow::Result<K::Params> {
+    serde_json::from_value(params.clone())
+        .map_err(|e| anyhow::anyhow!("parameters of kind `{}`: {e}", K::KIND))
+}
+
+impl<K: StageKind> ErasedKind for Erased<K> {
+    fn kind(&self) -> &'static str {
+        K::KIND
+    }
+    fn version(&self) -> u32 {
+        K::VERSION
+    }
+    fn needs(&self) -> Needs {
+        K::needs()
+    }
+    fn parse_params(
+        &self,
+        value: toml::Spanned<toml::de::DeValue<'_>>,
+    ) -> Result<serde_json::Value, toml::de::Error> {
+        use serde::Deserialize;
+        use serde::de::IntoDeserializer;
+        let params = K::Params::deserialize(value.into_deserializer())?;
+        serde_json::to_value(&params).map_err(|e| {
+            serde::de::Error::custom(format!("parameters do not serialize to JSON: {e}"))
+        })
+    }
+    fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        generator.subschema_for::<K::Params>()
+    }
+    fn param_names(&self) -> Option<Vec<String>> {
+        let schema = schemars::SchemaGenerator::default().into_root_schema_for::<K::Params>();
+        let props = schema.as_object()?.get("properties")?.as_object()?;
+        Some(props.keys().cloned().collect())
+    }
+    fn inputs(&self, params: &serde_json::Value) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(K::inputs(&typed::<K>(params)?))
+    }
+    fn resources(&self, params: &serde_json::Value, device: &str) -> anyhow::Result<Resources> {
+        Ok(K::resources(&typed::<K>(params)?, device))
+    }
+    fn resumable(&self, params: &serde_json::Value) -> anyhow::Result<bool> {
+        Ok(K::resumable(&typed::<K>(params)?))
+    }
+    fn device_sensitive(&self, params: &serde_json::Value) -> anyhow::Result<bool> {
+        Ok(K::device_sensitive(&typed::<K>(params)?))
+    }
+    fn run(&self, params: &serde_json::Value, ctx: &Ctx<'_>) -> anyhow::Result<()> {
+        K::run(&typed::<K>(params)?, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_unique_and_use_no_reserved_parameter_names() {
+        let mut names: Vec<&str> = KINDS.iter().map(|k| k.kind()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len(), "two kinds share a name");
+        for k in KINDS {
+            let params = k.param_names().unwrap_or_default();
+            for reserved in crate::pipeline::spec::COMMON_KEYS {
+                assert!(
+                    !params.iter().any(|p| p == reserved),
+                    "kind `{}` has a parameter named `{reserved}`, which is a stage key",
+                    k.kind()
+                );
+            }
+        }
+        assert_eq!(kind("command").map(|k| k.version()), Some(1));
+        assert!(kind("nope").is_none());
+    }
+
+    #[test]
+    fn erased_params_are_defaulted_json() {
+        let text = "args = [\"true\"]";
+        let table = toml::de::DeTable::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let span = table.span();
+        let value = toml::Spanned::new(span, toml::de::DeValue::Table(table.into_inner()));
+        let params = kind("command")
+            .map(|k| k.parse_params(value))
+            .unwrap_or_else(|| panic!("no command kind"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            params,
+            serde_json::json!({"args": ["true"], "env": {}, "inputs": [], "gpu": 0, "resumable": false, "vars": {}})
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! The cache key, one field at a time (just's tests/cache.rs): what rebuilds and what does not.
+
+use super::{HEAD, Project};
+
+/// `a` -> `b`, and an independent `c`; `a` reads `data.txt`.
+fn chain(a_vars: &str, head: &str) -> String {
+    format!(
+        "{head}[stages.a]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"cat $PIPE_PIPELINE_DIR/data.txt > out.txt\"]\ninputs = [\"data.txt\"]\nvars = {a_vars}\n\n\
+         [stages.b]\nkind = \"command\"\nneeds = {{ a = \"a\" }}\nargs = [\"sh\", \"-c\", \"cp $PIPE_NEED_A/out.txt .\"]\n\n\
+         [stages.c]\nkind = \"command\"\nargs = [\"true\"]\n"
+    )
+}
+
+fn project(a_vars: &str) -> Project {
+    let p = Project::new();
+    p.write("data.txt", "hello");
+    p.write("p.toml", &chain(a_vars, HEAD));
+    assert_eq!(p.run("p.toml", &[]), ["a", "b", "c"]);
+    p
+}
+
+#[test]
+fn unchanged_pipeline_builds_nothing() {
+    let p = project("{ x = 1 }");
+    assert!(p.run("p.toml", &[]).is_empty());
+    let status = p.ok(&["status", "p.toml"]);
+    assert!(status.contains("3 cached, 0 to run, 0 stale"), "{status}");
+}
+
+#[test]
+fn param_change_rebuilds_the_instance_and_its_downstream() {
+    let p = project("{ x = 1 }");
+    p.write("p.toml", &chain("{ x = 2 }", HEAD));
+    let status = p.ok(&["status", "p.toml"]);
+    assert!(
+        status.contains("stale    a") && status.contains("`vars.x` changed (1 -> 2)"),
+        "{status}"
+    );
+    assert!(status.contains("upstream `a` changed"), "{status}");
+    assert!(status.contains("cached   c"), "{status}");
+    assert_eq!(p.run("p.toml", &[]), ["a", "b"]);
+    // Going back finds the old entries: nothing to build.
+    p.write("p.toml", &chain("{ x = 1 }", HEAD));
+    assert!(p.run("p.toml", &[]).is_empty());
+}
+
+#[test]
+fn defaulted_param_spelled_out_does_not_invalidate() {
+    let p = project("{ x = 1 }");
+    let text = chain("{ x = 1 }", HEAD).replace(
+        "[stages.c]\nkind = \"command\"\n",
+        "[stages.c]\nkind = \"command\"\ngpu = 0\nenv = {}\n",
+    );
+    p.write("p.toml", &text);
+    assert!(p.run("p.toml", &[]).is_empty());
+}
+
+#[test]
+fn touching_an_input_file_rebuilds_nothing() {
+    let p = project("{ x = 1 }");
+    let f = p.path().join("data.txt");
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .and_then(|file| file.set_modified(later))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(p.run("p.toml", &[]).is_empty());
+}
+
+#[test]
+fn changing_an_input_file_rebuilds() {
+    let p = project("{ x = 1 }");
+    p.write("data.txt", "hello, world");
+    let status = p.ok(&["status", "p.toml"]);
+    assert!(status.contains("input file `data.txt` changed"), "{status}");
+    assert_eq!(p.run("p.toml", &[]), ["a", "b"]);
+    let entry = p.entries().into_iter().find(|k| {
+        p.cache().join(k).join("out.txt").is_file()
+            && std::fs::read_to_string(p.cache().join(k).join("out.txt")).unwrap_or_default()
+                == "hello, world"
+    });
+    assert!(entry.is_some());
+}
+
+#[test]
+fn seed_invalidates() {
+    let p = project("{ x = 1 }");
+    p.write(
+        "p.toml",
+        &chain("{ x = 1 }", "[pipeline]\nname = \"t\"\nseed = 5\n"),
+    );
+    let status = p.ok(&["status", "p.toml"]);
+    assert!(status.contains("seed changed (0 -> 5)"), "{status}");
+    assert_eq!(p.run("p.toml", &[]), ["a", "b", "c"]);
+}
+
+#[test]
+fn stage_seed_invalidates_only_that_stage() {
+    let p = project("{ x = 1 }");
+    let text = chain("{ x = 1 }", HEAD).replace(
+        "[stages.c]\nkind = \"command\"\n",
+        "[stages.c]\nkind = \"command\"\nseed = 3\n",
+    );
+    p.write("p.toml", &text);
+    assert_eq!(p.run("p.toml", &[]), ["c"]);
+}
+
+#[test]
+fn device_invalidates() {
+    let p = project("{ x = 1 }");
+    let status = p.ok(&["status", "p.toml", "--set", "pipeline.device=cuda:1"]);
+    assert!(
+        status.contains("device changed (cpu -> cuda:1)"),
+        "{status}"
+    );
+}
+
+#[test]
+fn set_override_invalidates_like_an_edit() {
+    let p = project("{ x = 1 }");
+    assert_eq!(p.run("p.toml", &["--set", "stages.b.env.MODE=fast"]), ["b"]);
+    assert!(
+        p.run("p.toml", &["--set", "stages.b.env.MODE=fast"])
+            .is_empty()
+    );
+    assert!(
+        p.run("p.toml", &[]).is_empty(),
+        "the old entry is still there"
+    );
+}
+
+#[test]
+fn needs_change_invalidates() {
+    let p = project("{ x = 1 }");
+    let text = chain("{ x = 1 }", HEAD)
+        .replace("needs = { a = \"a\" }", "needs = { a = \"a\", c = \"c\" }");
+    p.write("p.toml", &text);
+    let status = p.ok(&["status", "p.toml"]);
+    assert!(status.contains("need `c` added"), "{status}");
+    assert_eq!(p.run("p.toml", &[]), ["b"]);
+}
+
+#[test]
+fn renaming_the_pipeline_keeps_the_cache() {
+    let p = project("{ x = 1 }");
+    p.write(
+        "p.toml",
+        &chain("{ x = 1 }", "[pipeline]\nname = \"renamed\"\n"),
+    );
+    assert!(p.run("p.toml", &[]).is_empty());
+}
+
+#[test]
+fn force_rebuilds_the_named_stage_only_and_force_all_everything() {
+    let p = project("{ x = 1 }");
+    let status = p.ok(&["run", "p.toml", "--stage", "b", "--force", "--dry-run"]);
+    assert!(
+        status.contains("run      b") && status.contains("(forced)"),
+        "{status}"
+    );
+    assert!(status.contains("cached   a"), "{status}");
+    assert!(!status.contains(" c "), "c is not selected:\n{status}");
+    assert_eq!(p.run("p.toml", &["--stage", "b", "--force"]), ["b"]);
+    assert_eq!(
+        p.run("p.toml", &["--stage", "b", "--force-all"]),
+        ["a", "b"]
+    );
+}
+
+#[test]
+fn removed_entry_is_rebuilt_as_missing() {
+    let p = project("{ x = 1 }");
+    for k in p.entries() {
+        std::fs::remove_dir_all(p.cache().join(k)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let status = p.ok(&["status", "p.toml"]);
+    assert!(status.contains("missing"), "{status}");
+    assert_eq!(p.run("p.toml", &[]), ["a", "b", "c"]);
+}
+
+#[test]
+fn downstream_cached_does_not_rebuild_a_removed_upstream() {
+    let p = project("{ x = 1 }");
+    let status = p.ok(&["status", "p.toml"]);
+    let a_key = status
+        .lines()
+        .find(|l| l.contains(" a "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let a_dir = p
+        .entries()
+        .into_iter()
+        .find(|k| k.starts_with(&a_key))
+        .unwrap_or_default();
+    std::fs::remove_dir_all(p.cache().join(a_dir)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(p.run("p.toml", &["--stage", "b"]).is_empty());
+}
+
+#[test]
+fn gc_removes_unreferenced_entries() {
+    let p = project("{ x = 1 }");
+    p.write("p.toml", &chain("{ x = 2 }", HEAD));
+    p.run("p.toml", &[]);
+    assert_eq!(p.entries().len(), 5);
+    let dry = p.ok(&["cache", "gc", "p.toml", "--dry-run"]);
+    assert!(dry.contains("would remove 2 entries"), "{dry}");
+    assert_eq!(p.entries().len(), 5);
+    let gc = p.ok(&["cache", "gc", "p.toml"]);
+    assert!(gc.contains("removed 2 entries"), "{gc}");
+    assert_eq!(p.entries().len(), 3);
+    assert!(p.run("p.toml", &[]).is_empty());
+    let ls = p.ok(&["cache", "ls"]);
+    assert!(
+        ls.contains("3 entries") && ls.contains("t/a (command)"),
+        "{ls}"
+    );
+}

@@ -1,0 +1,114 @@
+//! Integration tests of the runner: the built `pipe` binary on temporary pipelines of `command`
+//! stages, each test with its own directory and `PIPE_CACHE`.
+
+mod cache;
+mod errors;
+mod exec;
+mod matrix;
+mod results;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temporary project directory with its own cache.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+pub const HEAD: &str = "[pipeline]\nname = \"t\"\n";
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.path().join("cache")
+    }
+
+    /// Write a file under the project directory.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        p
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
+        c.args(args)
+            .current_dir(self.path())
+            .env("PIPE_CACHE", self.cache());
+        c
+    }
+
+    pub fn pipe(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run pipe: {e}"))
+    }
+
+    /// Run and expect success; stdout and stderr together.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.pipe(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pipe {args:?} failed:\n{text}");
+        text
+    }
+
+    /// Run and expect failure; stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let out = self.pipe(args);
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "pipe {args:?} succeeded:\n{}{text}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        text
+    }
+
+    /// `pipe run FILE ARGS...`, returning the instances built (sorted).
+    pub fn run(&self, file: &str, args: &[&str]) -> Vec<String> {
+        let mut all = vec!["run", file];
+        all.extend_from_slice(args);
+        built(&self.ok(&all))
+    }
+
+    /// Complete cache entries (32-hex directories).
+    pub fn entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.cache())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.len() == 32 && n.chars().all(|c| c.is_ascii_hexdigit()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Instance names from the `built NAME in ...` log lines.
+pub fn built(log: &str) -> Vec<String> {
+    let mut v: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.split("] built ").nth(1))
+        .filter_map(|rest| rest.rsplit_once(" in ").map(|(n, _)| n.to_string()))
+        .collect();
+    v.sort();
+    v
+}
