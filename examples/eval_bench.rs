@@ -54,8 +54,14 @@ fn main() -> anyhow::Result<()> {
             evaluate_ppl(&model, &[doc], &opts, &Silent)?.rows[0].nll
         }
         "entropy" => {
-            let rows =
-                attention_entropy(&model, &[tokens], AttentionBlocks::default(), 1, &Silent)?;
+            let rows = attention_entropy(
+                &model,
+                &[tokens],
+                AttentionBlocks::default(),
+                1,
+                1024,
+                &Silent,
+            )?;
             rows.last().map_or(f64::NAN, |r| r.entropy_mean)
         }
         "distance" => {

@@ -3,8 +3,9 @@
 //! paper's Fig. 2) and the Jensen-Shannon divergence of that profile from a reference model's
 //! (`attention_divergence`, the paper's Table 1).
 //!
-//! Both statistics come from the model's blockwise attention ([`Llama::forward_entropy`],
-//! [`Llama::attention_distance`]), so memory is linear in length. Query positions and relative
+//! Both statistics come from the model's blockwise attention (entropy through the KV cache a
+//! chunk at a time, [`forward_chunks`]; distance from [`Llama::attention_distance`]), so
+//! memory is linear in length. Query positions and relative
 //! distances share one log-spaced bucketing ([`DistanceBuckets`], base 2): `0 | 1 | 2-3 | 4-7
 //! | ...`; entropy grows roughly with the log of the number of visible keys, so log buckets
 //! keep the early positions resolved.
@@ -17,6 +18,8 @@ use crate::analysis::distance::{DistanceBuckets, DistanceProfile};
 use crate::analysis::divergence::align_common_support;
 use crate::model::llama::to_f32_vec;
 use crate::model::{AttentionBlocks, Llama, ids_tensor};
+
+use super::chunked::forward_chunks;
 use crate::progress::Progress;
 use crate::tables::{AttentionDistanceRow, AttentionDivergenceRow, AttentionEntropyRow};
 
@@ -51,7 +54,8 @@ fn check_windows(windows: &[Vec<u32>], what: &str) -> Result<usize> {
 }
 
 /// `attention_entropy` rows at the windows' length: mean entropy per layer, head and query
-/// bucket over all windows (batched `batch_size` at a time).
+/// bucket over all windows (batched `batch_size` at a time, each run `chunk` positions at a
+/// time through the KV cache, so that no `[seq, vocab]` logits are held).
 ///
 /// Progress: phase `attention entropy L=<length>`, one step per window.
 pub fn attention_entropy(
@@ -59,6 +63,7 @@ pub fn attention_entropy(
     windows: &[Vec<u32>],
     blocks: AttentionBlocks,
     batch_size: usize,
+    chunk: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<AttentionEntropyRow>> {
     let len = check_windows(windows, "attention entropy")?;
@@ -71,25 +76,28 @@ pub fn attention_entropy(
     let mut sum = vec![0f64; layers * heads * nq];
     let mut count = vec![0u64; nq];
     progress.start(&format!("attention entropy L={len}"), windows.len() as u64);
-    let device = model.device();
     for batch in windows.chunks(batch_size.max(1)) {
-        let ids = ids_tensor(batch, &device)?;
-        let out = model.forward_entropy(ids, blocks)?;
-        drop(out.logits);
-        // [layers, batch, heads, len]
-        let e = to_f32_vec(out.entropy);
         let nb = batch.len();
-        for l in 0..layers {
-            for bi in 0..nb {
-                for h in 0..heads {
-                    let row = &e[((l * nb + bi) * heads + h) * len..][..len];
-                    let base = (l * heads + h) * nq;
-                    for (p, &v) in row.iter().enumerate() {
-                        sum[base + bucket_of[p]] += v as f64;
+        forward_chunks(model, batch, chunk, Some(blocks), &mut |out| {
+            let entropy = out
+                .entropy
+                .ok_or_else(|| EvalError::Input("the model returned no entropy".into()))?;
+            // [layers, batch, heads, n]
+            let e = to_f32_vec(entropy);
+            let n = out.len;
+            for l in 0..layers {
+                for bi in 0..nb {
+                    for h in 0..heads {
+                        let row = &e[((l * nb + bi) * heads + h) * n..][..n];
+                        let base = (l * heads + h) * nq;
+                        for (i, &v) in row.iter().enumerate() {
+                            sum[base + bucket_of[out.start + i]] += v as f64;
+                        }
                     }
                 }
             }
-        }
+            Ok(())
+        })?;
         for &k in &bucket_of {
             count[k] += nb as u64;
         }

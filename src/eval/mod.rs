@@ -5,9 +5,12 @@
 //! or sliding windows), [`needle`] (one greedy needle trial with the paper's Algorithm 1, the
 //! resumable grid log, and the entropy-vs-error join), and [`attention`] (attention entropy by
 //! query position, the attention-by-distance profile and its JS divergence from a reference).
-//! Every function returns rows of the tables in [`crate::tables`]. See docs/eval.md.
+//! Long windows run a chunk of positions at a time through the KV cache ([`chunked`]), so
+//! memory stays linear in length. Every function returns rows of the tables in
+//! [`crate::tables`]. See docs/eval.md.
 
 pub mod attention;
+pub mod chunked;
 pub mod needle;
 pub mod ppl;
 

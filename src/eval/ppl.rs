@@ -15,15 +15,15 @@
 //! is the token-weighted mean over its scored tokens, and a summary over documents must weight
 //! by `tokens` again, never average the per-document means.
 //!
-//! Windows of different documents are batched; the model computes the head and log-softmax
-//! `chunk` positions at a time ([`Llama::nll`]) and its inference attention is burn's fused
-//! kernel, so memory grows linearly with `length` (measured in docs/eval.md).
+//! Windows of different documents are batched; each batch runs `chunk` positions at a time
+//! through the KV cache ([`window_nll`]), so memory grows linearly with `length` (measured in
+//! docs/eval.md).
 
-use crate::model::llama::to_f32_vec;
-use crate::model::{Llama, ids_tensor};
+use crate::model::Llama;
 use crate::progress::Progress;
 use crate::tables::PplRow;
 
+use super::chunked::window_nll;
 use super::{EvalError, Result};
 
 /// How a document is cut into windows.
@@ -124,7 +124,8 @@ pub struct PplOptions {
     pub mode: PplMode,
     /// Windows per forward.
     pub batch_size: usize,
-    /// Positions per head/log-softmax chunk (bounds the `[batch, chunk, vocab]` logits).
+    /// Positions per forward step through the KV cache (bounds the `[batch, chunk, vocab]`
+    /// logits and the attention tiles).
     pub chunk: usize,
 }
 
@@ -198,7 +199,6 @@ pub fn evaluate_ppl(
         &format!("ppl L={} {}", opts.length, opts.mode.name()),
         jobs.len() as u64,
     );
-    let device = model.device();
     let mut acc = vec![Acc::default(); docs.len()];
     let len = opts.length;
     for batch in jobs.chunks(opts.batch_size.max(1)) {
@@ -206,13 +206,12 @@ pub fn evaluate_ppl(
             .iter()
             .map(|&(d, w)| docs[d].tokens[w.start..w.start + len].to_vec())
             .collect();
-        let ids = ids_tensor(&rows, &device)?;
-        // [batch, len - 1]: entry i is the NLL of window token i + 1.
-        let nll = to_f32_vec(model.nll(ids, opts.chunk)?);
+        // [batch][len - 1]: entry i is the NLL of window token i + 1.
+        let nll = window_nll(model, &rows, opts.chunk)?;
         for (b, &(d, w)) in batch.iter().enumerate() {
             let a = &mut acc[d];
             for pos in w.score_from..w.start + len {
-                let v = nll[b * (len - 1) + (pos - w.start - 1)] as f64;
+                let v = nll[b][pos - w.start - 1];
                 a.tokens += 1;
                 a.nll += v;
                 if docs[d].marks.is_some_and(|m| m[pos] != 0) {

@@ -39,6 +39,10 @@ pub struct AttentionParams {
     /// Keys per attention block.
     #[serde(default = "default_key_block")]
     pub key_block: usize,
+    /// Positions per forward step of the entropy pass (through the KV cache; bounds the
+    /// `[batch, chunk, vocab]` logits).
+    #[serde(default = "default_chunk")]
+    pub chunk: usize,
     /// Length at which the reference model's profile is measured; default its
     /// `max_position_embeddings` (its pretrained length). Only with a `reference` need.
     #[serde(default)]
@@ -55,6 +59,9 @@ fn default_query_block() -> usize {
     256
 }
 fn default_key_block() -> usize {
+    1024
+}
+fn default_chunk() -> usize {
     1024
 }
 
@@ -98,8 +105,10 @@ impl StageKind for Attention {
 
     fn run(p: &AttentionParams, ctx: &Ctx<'_>) -> anyhow::Result<()> {
         check_lengths(&p.lengths, 2, "lengths")?;
-        if p.windows == 0 || p.batch_size == 0 || p.query_block == 0 || p.key_block == 0 {
-            bail!("`windows`, `batch_size`, `query_block` and `key_block` must be at least 1");
+        if [p.windows, p.batch_size, p.query_block, p.key_block, p.chunk].contains(&0) {
+            bail!(
+                "`windows`, `batch_size`, `query_block`, `key_block` and `chunk` must be at least 1"
+            );
         }
         let has_reference = !ctx.need_all("reference").is_empty();
         if p.reference_length.is_some() && !has_reference {
@@ -143,7 +152,7 @@ impl StageKind for Attention {
                 continue;
             }
             entropy_rows.extend(
-                attention_entropy(&model, &w, blocks, p.batch_size, ctx.progress)
+                attention_entropy(&model, &w, blocks, p.batch_size, p.chunk, ctx.progress)
                     .with_context(|| format!("attention entropy at length {length}"))?,
             );
             let d: DistanceResult =

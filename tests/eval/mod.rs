@@ -380,7 +380,7 @@ fn attention_entropy_of_uniform_and_one_hot_rows() {
         ids[50..50 + len].to_vec(),
     ];
     let blocks = AttentionBlocks { query: 16, key: 24 };
-    let rows = attention_entropy(&model, &windows, blocks, 2, &Silent).unwrap();
+    let rows = attention_entropy(&model, &windows, blocks, 2, 24, &Silent).unwrap();
     let c = model.config();
     let nb = buckets().count_for_len(len as u64);
     assert_eq!(rows.len(), c.num_hidden_layers * c.num_attention_heads * nb);
