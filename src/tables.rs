@@ -785,12 +785,20 @@ fn matrix_type(values: &[Option<&serde_json::Value>]) -> DataType {
 }
 
 /// Rows with their leading columns as one batch in the gathered layout: `stage`, `instance`,
-/// the matrix columns (first-mention order, types inferred), then the table's columns.
+/// the matrix columns (first-mention order, types inferred; a matrix value whose name is a table
+/// column is left out, as the runner does), then the table's columns.
 pub fn results_batch<T: Table>(rows: &[ResultRow<T>]) -> Result<RecordBatch, TableError> {
+    // As the runner does: a matrix value named like a table column (or `stage`/`instance`) is
+    // dropped, the table's own column wins.
+    let own_names: Vec<&'static str> = T::columns().iter().map(|c| c.name).collect();
     let mut matrix_names: Vec<String> = Vec::new();
     for r in rows {
         for (k, _) in &r.matrix {
-            if !matrix_names.contains(k) {
+            if !matrix_names.contains(k)
+                && !own_names.contains(&k.as_str())
+                && k != "stage"
+                && k != "instance"
+            {
                 matrix_names.push(k.clone());
             }
         }
@@ -859,6 +867,68 @@ pub fn results_batch<T: Table>(rows: &[ResultRow<T>]) -> Result<RecordBatch, Tab
 /// `results/<pipeline>/<table>.parquet`, for tests and tools that build results directly.
 pub fn write_results<T: Table>(path: &Path, rows: &[ResultRow<T>]) -> Result<(), TableError> {
     write_batch(path, T::NAME, &results_batch(rows)?)
+}
+
+/// One instance's per-instance tables, to gather: what the report stage gets from its needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceTables {
+    /// The stage name (`ppl`).
+    pub stage: String,
+    /// The instance name (`ppl@yarn,seed-1`).
+    pub instance: String,
+    /// Its matrix values, flattened, in column order.
+    pub matrix: Vec<(String, serde_json::Value)>,
+    /// The directory holding its `<table>.parquet` files (`<output>/metrics`).
+    pub metrics_dir: PathBuf,
+}
+
+fn gather_one<T: Table>(
+    instances: &[InstanceTables],
+    results_dir: &Path,
+) -> Result<Option<PathBuf>, TableError> {
+    let mut rows: Vec<ResultRow<T>> = Vec::new();
+    let mut found = false;
+    for inst in instances {
+        let path = inst.metrics_dir.join(format!("{}.parquet", T::NAME));
+        if !path.exists() {
+            continue;
+        }
+        found = true;
+        rows.extend(read_table::<T>(&path)?.into_iter().map(|row| ResultRow {
+            stage: inst.stage.clone(),
+            instance: inst.instance.clone(),
+            matrix: inst.matrix.clone(),
+            row,
+        }));
+    }
+    if !found {
+        return Ok(None);
+    }
+    let out = results_dir.join(format!("{}.parquet", T::NAME));
+    write_results(&out, &rows)?;
+    Ok(Some(out))
+}
+
+/// Gathers the per-instance tables of `instances` into `results_dir/<table>.parquet` in the
+/// runner's gathered layout, for every table of this module that at least one instance wrote;
+/// returns the files written. This is how a `report` stage turns its needs into a results
+/// directory for [`write_report`](crate::report::study::write_report).
+pub fn gather_tables(
+    instances: &[InstanceTables],
+    results_dir: &Path,
+) -> Result<Vec<PathBuf>, TableError> {
+    let written = [
+        gather_one::<PplRow>(instances, results_dir)?,
+        gather_one::<NeedleRow>(instances, results_dir)?,
+        gather_one::<NeedleEntropyRow>(instances, results_dir)?,
+        gather_one::<AttentionEntropyRow>(instances, results_dir)?,
+        gather_one::<AttentionDistanceRow>(instances, results_dir)?,
+        gather_one::<AttentionDivergenceRow>(instances, results_dir)?,
+        gather_one::<EntropyVsErrorRow>(instances, results_dir)?,
+        gather_one::<TrainLogRow>(instances, results_dir)?,
+        gather_one::<ValLogRow>(instances, results_dir)?,
+    ];
+    Ok(written.into_iter().flatten().collect())
 }
 
 /// The Markdown documentation of every table (the content of `schemas/tables.md`).
@@ -1037,6 +1107,87 @@ mod tests {
             back[0].matrix_value("factor").and_then(|v| v.as_f64()),
             Some(4.0)
         );
+    }
+
+    #[test]
+    fn a_matrix_value_named_like_a_column_gives_way_to_the_column() {
+        let rows = vec![ResultRow {
+            stage: "ablation".to_string(),
+            instance: "ablation@seq_len-256".to_string(),
+            matrix: vec![("seq_len".into(), 256.into()), ("seed".into(), 3.into())],
+            row: ValLogRow {
+                step: 5,
+                tokens: 1280,
+                val_loss: 2.5,
+            },
+        }];
+        let batch = results_batch(&rows).unwrap();
+        assert_eq!(
+            batch.num_columns(),
+            2 + 2 + 3,
+            "seq_len is not a val_log column: kept"
+        );
+        let train = vec![ResultRow {
+            stage: "ablation".to_string(),
+            instance: "ablation@seq_len-256".to_string(),
+            matrix: vec![("seq_len".into(), 999.into()), ("seed".into(), 3.into())],
+            row: TrainLogRow {
+                step: 1,
+                tokens: 256,
+                seq_len: 256,
+                loss: 3.0,
+                lr: 1e-3,
+                grad_norm: None,
+                tokens_per_s: 100.0,
+                elapsed_s: 2.0,
+            },
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train_log.parquet");
+        write_results(&path, &train).unwrap();
+        let back = read_results::<TrainLogRow>(&path).unwrap();
+        assert_eq!(back[0].row, train[0].row);
+        assert_eq!(back[0].matrix, vec![("seed".to_string(), 3.into())]);
+    }
+
+    #[test]
+    fn per_instance_tables_gather_into_the_results_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut instances = Vec::new();
+        for (i, variant) in ["pi", "yarn"].iter().enumerate() {
+            let metrics = dir.path().join(variant).join("metrics");
+            let mut rows = ppl_rows();
+            rows[0].length = 100 + i as i64;
+            write_table(&metrics.join("ppl.parquet"), &rows).unwrap();
+            instances.push(InstanceTables {
+                stage: "ppl".into(),
+                instance: format!("ppl@{variant}"),
+                matrix: vec![("rope".into(), (*variant).into())],
+                metrics_dir: metrics,
+            });
+        }
+        write_table(
+            &instances[1].metrics_dir.join("val_log.parquet"),
+            &[ValLogRow {
+                step: 1,
+                tokens: 2,
+                val_loss: 3.0,
+            }],
+        )
+        .unwrap();
+        let out = dir.path().join("results");
+        let written = gather_tables(&instances, &out).unwrap();
+        assert_eq!(
+            written,
+            [out.join("ppl.parquet"), out.join("val_log.parquet")]
+        );
+        let ppl = read_results::<PplRow>(&out.join("ppl.parquet")).unwrap();
+        assert_eq!(ppl.len(), 4);
+        assert_eq!(ppl[2].instance, "ppl@yarn");
+        assert_eq!(ppl[2].row.length, 101);
+        assert_eq!(ppl[3].matrix_value("rope"), Some(&"yarn".into()));
+        let val = read_results::<ValLogRow>(&out.join("val_log.parquet")).unwrap();
+        assert_eq!((val.len(), val[0].stage.as_str()), (1, "ppl"));
     }
 
     #[test]

@@ -3,4 +3,5 @@
 mod analysis;
 mod eval;
 mod model;
+mod report;
 mod runner;

@@ -103,8 +103,10 @@ pub fn attend_materialized(
     let k = repeat_kv(k, groups);
     let v = repeat_kv(v, groups);
     let scale = (head_dim as f64).powf(-0.5);
+    // Scaling q ([.., q_len, head_dim]) is cheaper than scaling the scores ([.., q_len, k_len])
+    // forward and backward once k_len > head_dim.
     // [batch, heads, q_len, k_len]
-    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    let mut scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
     if needs_mask(0, 0, nk, q_offset) {
         scores = scores + causal_bias(0, nq, 0, nk, q_offset, f32::NEG_INFINITY, &device);
     }

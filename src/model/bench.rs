@@ -57,7 +57,8 @@ impl Default for BenchOptions {
     }
 }
 
-/// Result of [`bench_model`]: median seconds.
+/// Result of [`bench_model`]: median seconds, wall clock and process CPU time (the CPU time
+/// is the steadier figure on a shared machine).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
     /// Parameters of the benchmarked model.
@@ -66,6 +67,26 @@ pub struct BenchReport {
     pub train_step_s: f64,
     /// Forward (logits) of one `eval_len` sequence, no autodiff.
     pub eval_forward_s: f64,
+    /// CPU seconds (all threads) of the training step.
+    pub train_step_cpu_s: f64,
+    /// CPU seconds (all threads) of the evaluation forward.
+    pub eval_forward_cpu_s: f64,
+}
+
+/// CPU time of the process so far, in seconds (0 where unavailable).
+fn process_cpu_s() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+        }
+    }
+    0.0
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -110,7 +131,7 @@ pub fn bench_model(
     let iters = opts.iters.max(1);
 
     progress.start("bench train step", (opts.warmup + iters) as u64);
-    let mut times = Vec::new();
+    let (mut times, mut cpu) = (Vec::new(), Vec::new());
     for i in 0..opts.warmup + iters {
         let ids = random_ids(
             &mut rng,
@@ -120,6 +141,7 @@ pub fn bench_model(
             &train_device,
         );
         let start = Instant::now();
+        let cpu_start = process_cpu_s();
         let loss = model.lm_loss(ids)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-3, model, grads);
@@ -127,25 +149,30 @@ pub fn bench_model(
         let _ = model.norm.weight.val().into_data();
         if i >= opts.warmup {
             times.push(start.elapsed().as_secs_f64());
+            cpu.push(process_cpu_s() - cpu_start);
         }
         progress.advance(1);
     }
     let train_step_s = median(times);
+    let train_step_cpu_s = median(cpu);
 
     let eval_model = model.valid();
     progress.start("bench eval forward", (opts.warmup + iters) as u64);
-    let mut times = Vec::new();
+    let (mut times, mut cpu) = (Vec::new(), Vec::new());
     for i in 0..opts.warmup + iters {
         let ids = random_ids(&mut rng, 1, opts.eval_len, opts.vocab_size, device);
         let start = Instant::now();
+        let cpu_start = process_cpu_s();
         let logits = eval_model.forward(ids)?;
         let _ = logits.narrow(1, opts.eval_len - 1, 1).into_data();
         if i >= opts.warmup {
             times.push(start.elapsed().as_secs_f64());
+            cpu.push(process_cpu_s() - cpu_start);
         }
         progress.advance(1);
     }
     let eval_forward_s = median(times);
+    let eval_forward_cpu_s = median(cpu);
     progress.message(&format!(
         "train step {train_step_s:.3} s, eval forward {eval_forward_s:.3} s"
     ));
@@ -153,5 +180,7 @@ pub fn bench_model(
         params,
         train_step_s,
         eval_forward_s,
+        train_step_cpu_s,
+        eval_forward_cpu_s,
     })
 }

@@ -48,12 +48,23 @@ impl Linear {
     }
 
     /// `[.., in]` -> `[.., out]`.
+    ///
+    /// The leading dimensions are flattened so that the product (and its gradients) is one
+    /// large GEMM rather than a batch of small ones.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = x.matmul(self.weight.val().unsqueeze::<D>());
-        match &self.bias {
-            Some(b) => y + b.val().unsqueeze::<D>(),
+        let dims = x.dims();
+        let w = self.weight.val();
+        let [d_in, d_out] = w.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        // [rows, in] x [in, out]
+        let y = x.reshape([rows, d_in]).matmul(w);
+        let y = match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<2>(),
             None => y,
-        }
+        };
+        let mut out = dims;
+        out[D - 1] = d_out;
+        y.reshape(out)
     }
 }
 
@@ -225,11 +236,14 @@ impl DistanceProfile {
     }
 }
 
-/// Logits and the attention entropy of every query.
+/// Final hidden states and the attention entropy of every query.
+///
+/// Logits are left to the caller ([`Llama::head`], or [`Llama::nll_from_hidden`] in chunks) so
+/// that a long input never has to hold `[batch, seq, vocab]`.
 #[derive(Debug, Clone)]
 pub struct EntropyOutput {
-    /// `[batch, seq, vocab]`.
-    pub logits: Tensor<3>,
+    /// Final-norm hidden states `[batch, seq, hidden]`.
+    pub hidden: Tensor<3>,
     /// `[layers, batch, heads, seq]`, nats.
     pub entropy: Tensor<4>,
 }
@@ -455,23 +469,45 @@ impl Llama {
             )));
         }
         let logits = self.forward(ids.clone().narrow(1, 0, t - 1))?;
-        let logp = log_softmax(logits, 2);
-        // [b, t - 1, 1]
+        // NLL = logsumexp(x) - x[target], without materializing log-softmax over the vocab
+        // (one pass fewer over [b, t, vocab] forward and backward).
+        let max = logits.clone().max_dim(2).detach();
+        let shifted = logits - max;
+        let lse = shifted.clone().exp().sum_dim(2).log(); // [b, t - 1, 1]
         let target = ids.narrow(1, 1, t - 1).unsqueeze_dim::<3>(2);
-        Ok(logp.gather(2, target).reshape([b * (t - 1)]).mean().neg())
+        let picked = shifted.gather(2, target); // [b, t - 1, 1]
+        Ok((lse - picked).reshape([b * (t - 1)]).mean())
     }
 
     /// Per-token negative log-likelihood `[batch, seq - 1]` (nats) of `ids[:, 1:]` given the
     /// prefix, with the head and log-softmax applied `chunk` positions at a time so that long
     /// inputs never hold `[batch, seq, vocab]` logits.
     pub fn nll(&self, ids: Tensor<2, Int>, chunk: usize) -> Result<Tensor<2>> {
-        let [b, t] = self.check_ids(&ids)?;
+        let [_, t] = self.check_ids(&ids)?;
         if t < 2 {
             return Err(ModelError::Input(format!(
                 "NLL needs at least 2 tokens per row, got {t}"
             )));
         }
         let hidden = self.forward_hidden(ids.clone())?;
+        self.nll_from_hidden(hidden, ids, chunk)
+    }
+
+    /// [`Llama::nll`] from final hidden states `[batch, seq, hidden]` already computed (e.g. by
+    /// [`Llama::forward_entropy`]) for the same `ids` `[batch, seq]`; returns `[batch, seq - 1]`.
+    pub fn nll_from_hidden(
+        &self,
+        hidden: Tensor<3>,
+        ids: Tensor<2, Int>,
+        chunk: usize,
+    ) -> Result<Tensor<2>> {
+        let [b, t] = self.check_ids(&ids)?;
+        let [hb, ht, _] = hidden.dims();
+        if (hb, ht) != (b, t) || t < 2 {
+            return Err(ModelError::Input(format!(
+                "hidden states [{hb}, {ht}, _] do not fit ids [{b}, {t}] (need seq >= 2)"
+            )));
+        }
         let chunk = chunk.max(1);
         let mut parts = Vec::new();
         for s in (0..t - 1).step_by(chunk) {
@@ -485,8 +521,9 @@ impl Llama {
         Ok(Tensor::cat(parts, 1))
     }
 
-    /// Logits and per-layer, per-head attention entropy of every query, the attention computed
-    /// block by block (memory linear in length). Shapes in [`EntropyOutput`].
+    /// Final hidden states and per-layer, per-head attention entropy of every query, the
+    /// attention computed block by block (memory linear in length). Shapes in
+    /// [`EntropyOutput`]; logits are `self.head(out.hidden)`.
     pub fn forward_entropy(
         &self,
         ids: Tensor<2, Int>,
@@ -502,7 +539,7 @@ impl Llama {
             })
             .collect();
         Ok(EntropyOutput {
-            logits: self.head(hidden),
+            hidden,
             entropy: Tensor::stack(entropy, 0),
         })
     }

@@ -95,7 +95,15 @@ pub enum RopeScaling {
 }
 
 /// The complete RoPE setting of a model: base and type.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serializes as the flat parameter dict of [`RopeConfig::to_parameters`] (e.g. TOML
+/// `{ rope_type = "yarn", factor = 4.0, original_max_position_embeddings = 128 }`;
+/// `rope_theta` defaults to 10000), so stage parameters can carry it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(
+    try_from = "serde_json::Map<String, Value>",
+    into = "serde_json::Map<String, Value>"
+)]
 pub struct RopeConfig {
     /// `rope_theta`, the base of the original model (for `ntk` the base before enlarging).
     pub theta: f64,
@@ -750,6 +758,20 @@ impl RopeConfig {
     }
 }
 
+impl TryFrom<Map<String, Value>> for RopeConfig {
+    type Error = ModelError;
+
+    fn try_from(map: Map<String, Value>) -> Result<Self> {
+        RopeConfig::from_hf_parameters(&map, DEFAULT_THETA, "rope")
+    }
+}
+
+impl From<RopeConfig> for Map<String, Value> {
+    fn from(rope: RopeConfig) -> Self {
+        rope.to_parameters()
+    }
+}
+
 /// Typed access to a rope parameter dict, with errors naming the key.
 struct Params<'a> {
     map: &'a Map<String, Value>,
@@ -1011,6 +1033,25 @@ mod tests {
             let back = parse(Value::Object(cfg.to_parameters())).unwrap();
             assert_eq!(back, cfg);
         }
+    }
+
+    #[test]
+    fn serde_uses_the_parameter_dict() {
+        let rope: RopeConfig =
+            serde_json::from_str(r#"{"rope_type": "yarn", "factor": 4, "beta_fast": 16}"#).unwrap();
+        assert_eq!(rope.theta, DEFAULT_THETA);
+        let RopeScaling::Yarn {
+            factor, beta_fast, ..
+        } = rope.scaling
+        else {
+            panic!()
+        };
+        assert_eq!((factor, beta_fast), (4.0, 16.0));
+        let back: RopeConfig =
+            serde_json::from_value(serde_json::to_value(&rope).unwrap()).unwrap();
+        assert_eq!(back, rope);
+        let err = serde_json::from_str::<RopeConfig>(r#"{"rope_type": "pi"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown rope type `pi`"), "{err}");
     }
 
     #[test]

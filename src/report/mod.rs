@@ -1,7 +1,9 @@
-//! Helpers for the report stage: PNG figures ([`plots`]) and Markdown tables ([`tables`]).
+//! The report stage: PNG figures ([`plots`]), Markdown tables ([`tables`]) and the study report
+//! that combines them with the findings' verdicts ([`study`]).
 //!
-//! They take plain data (names, numbers, grids) rather than result tables, so the report stage
-//! decides what to show and these modules only decide how it looks.
+//! `plots` and `tables` take plain data (names, numbers, grids) rather than result tables, so
+//! `study` decides what to show and they only decide how it looks.
 
 pub mod plots;
+pub mod study;
 pub mod tables;

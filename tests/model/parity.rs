@@ -40,8 +40,14 @@ fn check_length(model: &Llama, r: &Reference, tag: &str, device: &Device) {
     // Small blocks so that the long input spans several query and key blocks.
     let blocks = AttentionBlocks { query: 48, key: 40 };
     let out = model.forward_entropy(x.clone(), blocks).unwrap();
-    let d = max_abs(&to_f32_vec(out.logits), r.values(&format!("{tag}.logits")));
+    let d = max_abs(
+        &to_f32_vec(model.head(out.hidden.clone())),
+        r.values(&format!("{tag}.logits")),
+    );
     assert!(d <= TOL, "{tag} entropy-forward logits diff {d:e}");
+    let nll = to_f32_vec(model.nll_from_hidden(out.hidden, x.clone(), 64).unwrap());
+    let d = max_abs(&nll, r.values(&format!("{tag}.nll")));
+    assert!(d <= TOL, "{tag} entropy-forward nll diff {d:e}");
     // [layers, 1, heads, t] vs [layers, heads, t]
     let d = max_abs(
         &to_f32_vec(out.entropy),
@@ -108,7 +114,7 @@ fn check_cache_vs_full(model: &Llama, r: &Reference, device: &Device) {
     let full = model
         .forward_entropy(x, AttentionBlocks::default())
         .unwrap();
-    let full_logits = to_f32_vec(full.logits);
+    let full_logits = to_f32_vec(model.head(full.hidden));
     let full_ent = to_f32_vec(full.entropy); // [layers, 1, heads, 40]
     let c = model.config();
     let (layers, heads, v) = (c.num_hidden_layers, c.num_attention_heads, c.vocab_size);
