@@ -1,6 +1,6 @@
 //! Time and peak memory of the evaluation at one length, for docs/eval.md.
 //!
-//! `cargo run --release --example eval_bench -- <ppl|entropy|distance> <length>` builds the ~5M
+//! `cargo run --release --example eval_bench -- <ppl|nll-fused|entropy|distance> <length>` builds the ~5M
 //! benchmark config (hidden 256, 4 layers, 4 heads, ffn 704, vocab 4096, trained length 256,
 //! random weights), evaluates one random window of `length` tokens and prints one JSON line:
 //! seconds and the process's peak resident memory (run each length in its own process so the
@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (what, length) = match args.as_slice() {
         [_, w, l] => (w.clone(), l.parse::<usize>()?),
-        _ => anyhow::bail!("usage: eval_bench <ppl|entropy|distance> <length>"),
+        _ => anyhow::bail!("usage: eval_bench <ppl|nll-fused|entropy|distance> <length>"),
     };
     let mut cfg = LlamaConfig::new(4096, 256, 4, 4, 256);
     cfg.intermediate_size = 704;
@@ -52,6 +52,12 @@ fn main() -> anyhow::Result<()> {
                 chunk: 1024,
             };
             evaluate_ppl(&model, &[doc], &opts, &Silent)?.rows[0].nll
+        }
+        "nll-fused" => {
+            // The model's own full forward (burn's fused attention), for comparison.
+            let ids = ropelens::model::ids_tensor(&[tokens], &device)?;
+            let nll = ropelens::model::llama::to_f32_vec(model.nll(ids, 1024)?);
+            nll.iter().map(|&v| v as f64).sum::<f64>() / nll.len() as f64
         }
         "entropy" => {
             let rows = attention_entropy(
