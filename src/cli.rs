@@ -9,11 +9,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pipeline::cache::Cache;
 use crate::pipeline::exec::{ExecOptions, Selection};
 use crate::pipeline::graph::DagFormat;
 use crate::pipeline::{self, schema};
+use crate::stages::StageKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,6 +108,12 @@ pub enum Command {
     },
     /// Print the JSON schema of pipeline files.
     Schema,
+    /// Regenerate the report (report.md and figures) of a pipeline's report stages from its
+    /// results directory, without running anything.
+    Report {
+        #[command(flatten)]
+        load: LoadArgs,
+    },
     /// Inspect or clean the cache ($PIPE_CACHE or .pipe/cache).
     Cache {
         #[command(subcommand)]
@@ -229,11 +236,49 @@ fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", schema::pipeline_schema_text());
             Ok(())
         }
+        Command::Report { load } => report_command(&load),
         Command::Cache { command } => cache_command(command),
         Command::Bench {
             command: BenchCommand::Runner { instances, reps },
         } => crate::bench::runner(instances, reps),
     }
+}
+
+/// `pipe report FILE`: each report instance's options, applied to `results/<pipeline>/`.
+fn report_command(load: &LoadArgs) -> Result<()> {
+    use crate::report::study::{ReportOptions, write_report};
+    let (p, g) = pipeline::load(&load.file, &load.sets)?;
+    let reports: Vec<_> = g
+        .instances
+        .iter()
+        .filter(|i| p.stages[i.stage].kind.kind() == crate::stages::report::Report::KIND)
+        .collect();
+    if reports.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: the pipeline has no stage of kind `report`",
+            load.file.display()
+        )));
+    }
+    let dir = &p.results_dir;
+    for inst in &reports {
+        let opts: ReportOptions = serde_json::from_value(inst.params.clone())
+            .map_err(|e| Error::Usage(format!("stage `{}`: report options: {e}", inst.name)))?;
+        // The same place the runner publishes a report stage's output to.
+        let out = if reports.len() > 1 {
+            dir.join(&inst.name)
+        } else {
+            dir.clone()
+        };
+        let summary = write_report(dir, &out, &opts)
+            .map_err(|e| Error::Usage(format!("report `{}`: {e}", inst.name)))?;
+        println!(
+            "{}: {} figures, report in {}",
+            inst.name,
+            summary.figures.len(),
+            summary.report.display()
+        );
+    }
+    Ok(())
 }
 
 /// `1.2 MiB`, `340 B`.

@@ -3,6 +3,7 @@
 pub mod analysis;
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;

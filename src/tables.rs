@@ -396,10 +396,10 @@ tables! {
     "ppl" => PplRow {
         /// Context length in tokens of each evaluated window.
         length: i64,
-        /// `truncate`: the document is cut into independent windows of `length` tokens, every
-        /// token scored with the context before it in its window; `sliding`: windows advance by
-        /// a stride and only tokens not scored before are scored, each with up to `length - 1`
-        /// tokens of context.
+        /// `truncate`: the document is cut to its first `length` tokens, one window, every token
+        /// after the first scored; `sliding`: windows of `length` tokens advance by a stride and
+        /// only tokens not scored before are scored (every token after the first exactly once),
+        /// each with at least `length - stride` tokens of context after the first window.
         mode: String,
         /// Identifier of the document: its id in the corpus, or its index in the eval split.
         document: String,
@@ -869,68 +869,6 @@ pub fn write_results<T: Table>(path: &Path, rows: &[ResultRow<T>]) -> Result<(),
     write_batch(path, T::NAME, &results_batch(rows)?)
 }
 
-/// One instance's per-instance tables, to gather: what the report stage gets from its needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstanceTables {
-    /// The stage name (`ppl`).
-    pub stage: String,
-    /// The instance name (`ppl@yarn,seed-1`).
-    pub instance: String,
-    /// Its matrix values, flattened, in column order.
-    pub matrix: Vec<(String, serde_json::Value)>,
-    /// The directory holding its `<table>.parquet` files (`<output>/metrics`).
-    pub metrics_dir: PathBuf,
-}
-
-fn gather_one<T: Table>(
-    instances: &[InstanceTables],
-    results_dir: &Path,
-) -> Result<Option<PathBuf>, TableError> {
-    let mut rows: Vec<ResultRow<T>> = Vec::new();
-    let mut found = false;
-    for inst in instances {
-        let path = inst.metrics_dir.join(format!("{}.parquet", T::NAME));
-        if !path.exists() {
-            continue;
-        }
-        found = true;
-        rows.extend(read_table::<T>(&path)?.into_iter().map(|row| ResultRow {
-            stage: inst.stage.clone(),
-            instance: inst.instance.clone(),
-            matrix: inst.matrix.clone(),
-            row,
-        }));
-    }
-    if !found {
-        return Ok(None);
-    }
-    let out = results_dir.join(format!("{}.parquet", T::NAME));
-    write_results(&out, &rows)?;
-    Ok(Some(out))
-}
-
-/// Gathers the per-instance tables of `instances` into `results_dir/<table>.parquet` in the
-/// runner's gathered layout, for every table of this module that at least one instance wrote;
-/// returns the files written. This is how a `report` stage turns its needs into a results
-/// directory for [`write_report`](crate::report::study::write_report).
-pub fn gather_tables(
-    instances: &[InstanceTables],
-    results_dir: &Path,
-) -> Result<Vec<PathBuf>, TableError> {
-    let written = [
-        gather_one::<PplRow>(instances, results_dir)?,
-        gather_one::<NeedleRow>(instances, results_dir)?,
-        gather_one::<NeedleEntropyRow>(instances, results_dir)?,
-        gather_one::<AttentionEntropyRow>(instances, results_dir)?,
-        gather_one::<AttentionDistanceRow>(instances, results_dir)?,
-        gather_one::<AttentionDivergenceRow>(instances, results_dir)?,
-        gather_one::<EntropyVsErrorRow>(instances, results_dir)?,
-        gather_one::<TrainLogRow>(instances, results_dir)?,
-        gather_one::<ValLogRow>(instances, results_dir)?,
-    ];
-    Ok(written.into_iter().flatten().collect())
-}
-
 /// The Markdown documentation of every table (the content of `schemas/tables.md`).
 pub fn tables_markdown() -> String {
     let mut out = String::from(
@@ -1151,23 +1089,27 @@ mod tests {
     }
 
     #[test]
-    fn per_instance_tables_gather_into_the_results_layout() {
+    fn the_runners_gathered_tables_read_back_as_typed_rows() {
+        use crate::pipeline::results::{InstanceInfo, gather_tables};
         let dir = tempfile::tempdir().unwrap();
         let mut instances = Vec::new();
         for (i, variant) in ["pi", "yarn"].iter().enumerate() {
-            let metrics = dir.path().join(variant).join("metrics");
+            let out = dir.path().join(variant);
             let mut rows = ppl_rows();
             rows[0].length = 100 + i as i64;
-            write_table(&metrics.join("ppl.parquet"), &rows).unwrap();
-            instances.push(InstanceTables {
+            write_table(&out.join("metrics").join("ppl.parquet"), &rows).unwrap();
+            instances.push(InstanceInfo {
                 stage: "ppl".into(),
                 instance: format!("ppl@{variant}"),
                 matrix: vec![("rope".into(), (*variant).into())],
-                metrics_dir: metrics,
+                dir: Some(out),
             });
         }
         write_table(
-            &instances[1].metrics_dir.join("val_log.parquet"),
+            &dir.path()
+                .join("yarn")
+                .join("metrics")
+                .join("val_log.parquet"),
             &[ValLogRow {
                 step: 1,
                 tokens: 2,
@@ -1176,11 +1118,8 @@ mod tests {
         )
         .unwrap();
         let out = dir.path().join("results");
-        let written = gather_tables(&instances, &out).unwrap();
-        assert_eq!(
-            written,
-            [out.join("ppl.parquet"), out.join("val_log.parquet")]
-        );
+        let written = gather_tables(&out, &instances).unwrap();
+        assert_eq!(written, ["ppl", "val_log"]);
         let ppl = read_results::<PplRow>(&out.join("ppl.parquet")).unwrap();
         assert_eq!(ppl.len(), 4);
         assert_eq!(ppl[2].instance, "ppl@yarn");

@@ -1,7 +1,9 @@
 //! The integration test binary: one module per area.
 
 mod analysis;
+mod data;
 mod eval;
 mod model;
 mod report;
 mod runner;
+mod stages;

@@ -190,7 +190,10 @@ fn write_results(
         .filter(|t: &Vec<String>| t.iter().all(|t| dir.join(format!("{t}.parquet")).is_file()));
     let tables = match prev_tables {
         Some(t) => t,
-        None => results::gather_tables(dir, &infos)?,
+        None => {
+            results::publish_reports(dir, &infos)?;
+            results::gather_tables(dir, &infos)?
+        }
     };
     let instances: Vec<serde_json::Value> = infos
         .iter()

@@ -288,6 +288,44 @@ pub fn gather_tables(dir: &Path, instances: &[InstanceInfo]) -> Result<Vec<Strin
     Ok(by_table.into_keys().collect())
 }
 
+/// The directory of an instance's output that is published into the results directory: a
+/// `report` stage's `report.md` and figures.
+pub const REPORT_DIR: &str = "report";
+
+/// Copy the `report/` directory of every instance that has one into `dir`: straight into `dir`
+/// when one instance has a report (`results/<pipeline>/report.md`), into `dir/<instance>/`
+/// when several do. Each file is written atomically; returns the files written.
+pub fn publish_reports(dir: &Path, instances: &[InstanceInfo]) -> Result<Vec<PathBuf>> {
+    let with_report: Vec<(&InstanceInfo, PathBuf)> = instances
+        .iter()
+        .filter_map(|i| Some((i, i.dir.as_ref()?.join(REPORT_DIR))))
+        .filter(|(_, r)| r.is_dir())
+        .collect();
+    let several = with_report.len() > 1;
+    let mut written = Vec::new();
+    for (info, src) in with_report {
+        let dst = if several {
+            dir.join(&info.instance)
+        } else {
+            dir.to_path_buf()
+        };
+        let rd = std::fs::read_dir(&src).map_err(|e| Error::io("cannot read", &src, e))?;
+        let mut files: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            let bytes = std::fs::read(&f).map_err(|e| Error::io("cannot read", &f, e))?;
+            let target = dst.join(f.file_name().unwrap_or_default());
+            crate::pipeline::cache::write_atomic(&target, &bytes)?;
+            written.push(target);
+        }
+    }
+    Ok(written)
+}
+
 /// Write `runs.parquet`: one row per instance.
 pub fn write_runs(dir: &Path, rows: &[(InstanceInfo, RunRow)]) -> Result<()> {
     let n = rows.len();

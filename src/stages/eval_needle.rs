@@ -185,7 +185,10 @@ impl StageKind for EvalNeedle {
         let vs_error = entropy_vs_error(&rows, &bootstrap)?;
         for task in &p.tasks {
             let cells: Vec<&NeedleRow> = rows.iter().filter(|r| r.task == task.name()).collect();
-            let passed = cells.iter().filter(|r| !crate::eval::needle::failed(r)).count();
+            let passed = cells
+                .iter()
+                .filter(|r| !crate::eval::needle::failed(r))
+                .count();
             ctx.progress.message(&format!(
                 "{}: {passed} of {} trials passed",
                 task.name(),

@@ -108,7 +108,10 @@ impl StageKind for EvalPpl {
         let data = open_data(ctx, &model)?;
         let split = &data.valid;
         if split.is_empty() {
-            bail!("data `{}` has an empty validation split", ctx.need("data")?.instance);
+            bail!(
+                "data `{}` has an empty validation split",
+                ctx.need("data")?.instance
+            );
         }
         let mut rows = Vec::new();
         for &length in &p.lengths {

@@ -6,7 +6,13 @@
 //! knows nothing else about it. [`ErasedKind`] is the object-safe form the runner stores in
 //! [`KINDS`]; adding a kind is implementing the trait and adding one line there.
 
+pub mod attention;
 pub mod command;
+pub mod eval_io;
+pub mod eval_needle;
+pub mod eval_ppl;
+pub mod model;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -20,7 +26,14 @@ use serde::de::DeserializeOwned;
 use crate::progress::Progress;
 
 /// Every stage kind the runner knows. Add a kind here, one line each.
-pub static KINDS: &[&dyn ErasedKind] = &[&Erased::<command::Command>::NEW];
+pub static KINDS: &[&dyn ErasedKind] = &[
+    &Erased::<command::Command>::NEW,
+    &Erased::<model::Model>::NEW,
+    &Erased::<report::Report>::NEW,
+    &Erased::<eval_ppl::EvalPpl>::NEW,
+    &Erased::<eval_needle::EvalNeedle>::NEW,
+    &Erased::<attention::Attention>::NEW,
+];
 
 /// Look a kind up by its `kind = "..."` name.
 pub fn kind(name: &str) -> Option<&'static dyn ErasedKind> {

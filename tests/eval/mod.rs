@@ -2,6 +2,8 @@
 //! trials and the resumable grid, attention entropy and distance on a model with uniform
 //! attention, JS divergence bounds, entropy vs error.
 
+mod stages;
+
 #[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../model/fixture.rs"]
 mod fixture;

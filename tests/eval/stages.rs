@@ -58,7 +58,9 @@ split = { valid_fraction = 0.2, valid_min_tokens = 256 }
         },
     )
     .unwrap();
-    let vocab = ropelens::data::PreparedData::open(&data).unwrap().vocab_size();
+    let vocab = ropelens::data::PreparedData::open(&data)
+        .unwrap()
+        .vocab_size();
     let mut cfg = LlamaConfig::new(vocab, 32, 2, 2, 64);
     cfg.intermediate_size = 64;
     let device = Device::flex();
@@ -126,18 +128,25 @@ fn stages_write_their_tables() {
     // eval_ppl, both modes, a length beyond the model's 64.
     let out = tmp.path().join("ppl");
     for mode in ["truncate", "sliding"] {
-        let p: EvalPplParams =
-            serde_json::from_value(serde_json::json!({"lengths": [32, 128], "mode": mode, "max_documents": 3}))
-                .unwrap();
+        let p: EvalPplParams = serde_json::from_value(
+            serde_json::json!({"lengths": [32, 128], "mode": mode, "max_documents": 3}),
+        )
+        .unwrap();
         run::<EvalPpl>(&p, &needs(&f, false), &out, &Silent).unwrap();
         let rows: Vec<PplRow> = table(&out);
         assert_eq!(rows.len(), 6, "{mode}: 3 documents x 2 lengths");
-        assert!(rows.iter().all(|r| r.mode == mode && r.nll.is_finite() && r.tokens > 0));
+        assert!(
+            rows.iter()
+                .all(|r| r.mode == mode && r.nll.is_finite() && r.tokens > 0)
+        );
         if mode == "truncate" {
             assert!(rows.iter().all(|r| r.tokens == r.length - 1));
         }
         // The synthetic corpus marks recall tokens; a random model scores them like the rest.
-        assert!(rows.iter().any(|r| r.recall_tokens > 0 && r.recall_nll.is_some()));
+        assert!(
+            rows.iter()
+                .any(|r| r.recall_tokens > 0 && r.recall_nll.is_some())
+        );
     }
 
     // eval_needle, then a resumed run from the same build directory does no new cell.
@@ -150,7 +159,10 @@ fn stages_write_their_tables() {
     run::<EvalNeedle>(&p, &needs(&f, false), &out, &Silent).unwrap();
     let rows: Vec<NeedleRow> = table(&out);
     assert_eq!(rows.len(), 4);
-    assert!(rows.iter().all(|r| r.length == 96 && r.entropy_mean.is_some()));
+    assert!(
+        rows.iter()
+            .all(|r| r.length == 96 && r.entropy_mean.is_some())
+    );
     assert!(rows.iter().all(|r| !r.expected.is_empty()));
     let ent: Vec<NeedleEntropyRow> = table(&out);
     assert_eq!(ent.len(), 4 * 2 * 2);

@@ -168,7 +168,7 @@ fn sub_test(
     let xs: Vec<f64> = obs.iter().map(|o| o.2).collect();
     let ys: Vec<f64> = obs.iter().map(|o| o.3).collect();
     let n = obs.len();
-    let Some(t) = rank_test(&xs, &ys, sign, opts.resamples, opts.seed) else {
+    let Some(t) = rank_test(&xs, &ys, sign, opts.resamples, opts.bootstrap_seed) else {
         return SubTest {
             name,
             verdict: Verdict::Inconclusive,
@@ -539,7 +539,7 @@ pub fn finding2(study: &Study, opts: &ReportOptions) -> Finding {
         let config = BootstrapConfig {
             resamples: opts.resamples.clamp(1, 2000),
             level: 0.95,
-            seed: opts.seed,
+            seed: opts.bootstrap_seed,
         };
         for ((id, task), (scores, fails)) in groups {
             let Ok(s) = score_vs_outcome(&scores, &fails, &config) else {

@@ -57,7 +57,7 @@ pub struct ReportOptions {
     /// (more than 8 observations), and bootstrap resamples of the entropy-vs-error fallback.
     pub resamples: usize,
     /// Seed of the permutation test and the bootstrap.
-    pub seed: u64,
+    pub bootstrap_seed: u64,
 }
 
 impl Default for ReportOptions {
@@ -82,7 +82,7 @@ impl Default for ReportOptions {
             ppl_mode: "truncate".into(),
             alpha: 0.05,
             resamples: 10_000,
-            seed: 0,
+            bootstrap_seed: 0,
         }
     }
 }

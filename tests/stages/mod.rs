@@ -1,0 +1,4 @@
+//! Integration tests of the study's stage kinds driven through `pipe run`, on tiny fixtures.
+
+mod model_stage;
+mod report_stage;
