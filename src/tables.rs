@@ -422,7 +422,8 @@ tables! {
     "needle" => NeedleRow {
         /// Task name, e.g. `passkey` or `kv` (key-value recall).
         task: String,
-        /// Prompt length in tokens (the context length tested).
+        /// Context length tested, in tokens: the prompt plus the room for the expected answer
+        /// (the data stage's haystack length).
         length: i64,
         /// Needle depth as a fraction of the haystack in `[0, 1]`: 0 = at the start (farthest
         /// from the question), 1 = at the end.
