@@ -154,6 +154,29 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         reps: usize,
     },
+    /// A training step and a long eval forward of the ~5M-parameter benchmark model; compare
+    /// with `python bench/torch_reference.py` on the same machine.
+    Model {
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Length of the eval forward.
+        #[arg(long, default_value_t = 2048)]
+        eval_len: usize,
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Tokenizing a generated corpus with a trained BPE tokenizer, against the Python
+    /// `tokenizers` package on the same file when `--python` is given.
+    Tokenize {
+        /// Size of the generated corpus in MB.
+        #[arg(long, default_value_t = 40.0)]
+        megabytes: f64,
+        /// A Python interpreter with `tokenizers` installed.
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
 }
 
 /// Parse `std::env::args`, run, print any error once, and choose the exit code.
@@ -238,9 +261,67 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Report { load } => report_command(&load),
         Command::Cache { command } => cache_command(command),
-        Command::Bench {
-            command: BenchCommand::Runner { instances, reps },
-        } => crate::bench::runner(instances, reps),
+        Command::Bench { command } => bench_command(command),
+    }
+}
+
+fn bench_command(command: BenchCommand) -> Result<()> {
+    use crate::progress::Silent;
+    let failed = |e: &dyn std::fmt::Display| Error::Usage(format!("benchmark failed: {e}"));
+    match command {
+        BenchCommand::Runner { instances, reps } => crate::bench::runner(instances, reps),
+        BenchCommand::Model {
+            iters,
+            eval_len,
+            device,
+        } => {
+            use crate::model::bench::{BenchOptions, bench_model};
+            let opts = BenchOptions {
+                iters,
+                eval_len,
+                ..BenchOptions::default()
+            };
+            let dev = crate::device::device(&device).map_err(|e| failed(&e))?;
+            let r = bench_model(&opts, &dev, &Silent).map_err(|e| failed(&e))?;
+            println!(
+                "model: {} parameters, batch {} x seq {}",
+                r.params, opts.batch_size, opts.seq_len
+            );
+            println!(
+                "train step (fwd+bwd+AdamW): {:.3} s wall, {:.3} s CPU",
+                r.train_step_s, r.train_step_cpu_s
+            );
+            println!(
+                "eval forward at {} tokens: {:.3} s wall, {:.3} s CPU",
+                opts.eval_len, r.eval_forward_s, r.eval_forward_cpu_s
+            );
+            Ok(())
+        }
+        BenchCommand::Tokenize { megabytes, python } => {
+            use crate::data::bench::{BenchTokenizeParams, bench_tokenize};
+            let params = BenchTokenizeParams {
+                megabytes,
+                python,
+                ..BenchTokenizeParams::default()
+            };
+            let r = bench_tokenize(&params, &Silent).map_err(|e| failed(&e))?;
+            println!(
+                "rust: {:.1} MB in {:.2} s = {:.2} MB/s ({} threads, {} tokens)",
+                r.bytes as f64 / 1e6,
+                r.rust_seconds,
+                r.rust_mb_per_s,
+                r.threads,
+                r.tokens
+            );
+            match (r.python_mb_per_s, r.speedup_vs_python, &r.python_error) {
+                (Some(mbs), Some(x), _) => {
+                    println!("python tokenizers: {mbs:.2} MB/s; ropelens is {x:.2}x its speed")
+                }
+                (_, _, Some(e)) => println!("python side not run: {e}"),
+                _ => println!("python side not run (give --python PATH)"),
+            }
+            Ok(())
+        }
     }
 }
 

@@ -143,7 +143,7 @@ pub fn plan(pipeline: Pipeline, graph: Graph, cache: &Cache, sel: &Selection) ->
         let kind = stage.kind;
         let bad = |e: anyhow::Error| Error::Usage(format!("instance `{}`: {e:#}", inst.name));
         let mut files = BTreeMap::new();
-        for f in kind.inputs(&inst.params).map_err(bad)? {
+        for f in kind.inputs(&inst.params, &pipeline.dir).map_err(bad)? {
             let path = pipeline.dir.join(&f);
             let hash = hasher.hash(&path).map_err(|e| {
                 Error::Usage(format!(

@@ -74,7 +74,7 @@ impl StageKind for Command {
         Needs::Any
     }
 
-    fn inputs(params: &CommandParams) -> Vec<PathBuf> {
+    fn inputs(params: &CommandParams, _pipeline_dir: &Path) -> Vec<PathBuf> {
         let mut inputs = params.inputs.clone();
         inputs.extend(local_program(&params.args).map(Path::to_path_buf));
         inputs

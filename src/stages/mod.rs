@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod command;
+pub mod data_prep;
 pub mod eval_io;
 pub mod eval_needle;
 pub mod eval_ppl;
@@ -28,6 +29,7 @@ use crate::progress::Progress;
 /// Every stage kind the runner knows. Add a kind here, one line each.
 pub static KINDS: &[&dyn ErasedKind] = &[
     &Erased::<command::Command>::NEW,
+    &Erased::<data_prep::DataPrep>::NEW,
     &Erased::<model::Model>::NEW,
     &Erased::<report::Report>::NEW,
     &Erased::<eval_ppl::EvalPpl>::NEW,
@@ -80,10 +82,12 @@ pub trait StageKind: Send + Sync + 'static {
     /// The needs this kind accepts.
     fn needs() -> Needs;
 
-    /// External files or directories the parameters point to, as written in the file (relative
-    /// paths are resolved against the pipeline file's directory). Their content is hashed into
-    /// the key, so editing them rebuilds the instance and touching them does not.
-    fn inputs(_params: &Self::Params) -> Vec<PathBuf> {
+    /// External files or directories the parameters point to, relative to the pipeline file's
+    /// directory `pipeline_dir` where they are under it (the key records these names, so a
+    /// project that moves keeps its cache); `pipeline_dir` is there for kinds that must look at
+    /// the disk to list them (globs). Their content is hashed into the key, so editing them
+    /// rebuilds the instance and touching them does not.
+    fn inputs(_params: &Self::Params, _pipeline_dir: &Path) -> Vec<PathBuf> {
         Vec::new()
     }
 
@@ -196,7 +200,11 @@ pub trait ErasedKind: Send + Sync {
     fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
     /// Top-level parameter names, for checking `matrix.<key>`; `None` when unknown.
     fn param_names(&self) -> Option<Vec<String>>;
-    fn inputs(&self, params: &serde_json::Value) -> anyhow::Result<Vec<PathBuf>>;
+    fn inputs(
+        &self,
+        params: &serde_json::Value,
+        pipeline_dir: &Path,
+    ) -> anyhow::Result<Vec<PathBuf>>;
     fn resources(&self, params: &serde_json::Value, device: &str) -> anyhow::Result<Resources>;
     fn resumable(&self, params: &serde_json::Value) -> anyhow::Result<bool>;
     fn device_sensitive(&self, params: &serde_json::Value) -> anyhow::Result<bool>;
@@ -244,8 +252,12 @@ impl<K: StageKind> ErasedKind for Erased<K> {
         let props = schema.as_object()?.get("properties")?.as_object()?;
         Some(props.keys().cloned().collect())
     }
-    fn inputs(&self, params: &serde_json::Value) -> anyhow::Result<Vec<PathBuf>> {
-        Ok(K::inputs(&typed::<K>(params)?))
+    fn inputs(
+        &self,
+        params: &serde_json::Value,
+        pipeline_dir: &Path,
+    ) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(K::inputs(&typed::<K>(params)?, pipeline_dir))
     }
     fn resources(&self, params: &serde_json::Value, device: &str) -> anyhow::Result<Resources> {
         Ok(K::resources(&typed::<K>(params)?, device))

@@ -4,7 +4,7 @@
 //! The directory's files are part of the key (hashed by content, memoised by size and mtime), so
 //! replacing the checkpoint re-imports it and everything downstream, and touching it does not.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use schemars::JsonSchema;
@@ -35,7 +35,7 @@ impl StageKind for Model {
         Needs::Fixed(&[])
     }
 
-    fn inputs(params: &ModelParams) -> Vec<PathBuf> {
+    fn inputs(params: &ModelParams, _pipeline_dir: &Path) -> Vec<PathBuf> {
         vec![params.path.clone()]
     }
 

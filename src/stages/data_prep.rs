@@ -1,0 +1,73 @@
+//! The `data_prep` stage kind: a corpus (or the built-in synthetic one) turned into a tokenizer,
+//! memory-mapped token shards and haystack settings that the train and eval stages read.
+//!
+//! The work is in [`crate::data`]; this file only maps the runner's context onto it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::{Ctx, NeedDecl, Needs, StageKind};
+use crate::data::{
+    DataPrepParams, FORMAT_VERSION, PrepareContext, TokenizerParams, external_files, prepare,
+};
+
+/// Prepares a corpus.
+pub struct DataPrep;
+
+impl StageKind for DataPrep {
+    const KIND: &'static str = "data_prep";
+    const VERSION: u32 = FORMAT_VERSION;
+    type Params = DataPrepParams;
+
+    fn needs() -> Needs {
+        // `tokenizer = { from = "model" }` reads the tokenizer.json of this need.
+        Needs::Fixed(&[NeedDecl {
+            name: "model",
+            required: false,
+            gather: false,
+        }])
+    }
+
+    fn inputs(params: &DataPrepParams, pipeline_dir: &Path) -> Vec<PathBuf> {
+        // Keep names relative to the pipeline file so that a moved project keeps its cache.
+        external_files(params, pipeline_dir)
+            .into_iter()
+            .map(|p| {
+                p.strip_prefix(pipeline_dir)
+                    .map_or(p.clone(), Path::to_path_buf)
+            })
+            .collect()
+    }
+
+    fn device_sensitive(_params: &DataPrepParams) -> bool {
+        false
+    }
+
+    fn run(params: &DataPrepParams, ctx: &Ctx<'_>) -> anyhow::Result<()> {
+        let tokenizer_dir = match &params.tokenizer {
+            TokenizerParams::From(need) => match ctx.needs.get(need).map(Vec::as_slice) {
+                Some([up]) => Some(up.dir.clone()),
+                _ => bail!(
+                    "`tokenizer.from = \"{need}\"` names no need of stage `{}`: add `needs = {{ {need} = \"<stage>\" }}`",
+                    ctx.stage
+                ),
+            },
+            _ => None,
+        };
+        let stats = prepare(
+            params,
+            &PrepareContext {
+                out_dir: ctx.out_dir.to_path_buf(),
+                base_dir: ctx.pipeline_dir.to_path_buf(),
+                seed: ctx.seed,
+                tokenizer_dir,
+                progress: ctx.progress,
+            },
+        )
+        .with_context(|| format!("data preparation of `{}`", ctx.instance))?;
+        let tokens: u64 = stats.splits.iter().map(|s| s.tokens).sum();
+        ctx.progress.message(&format!("{tokens} tokens"));
+        Ok(())
+    }
+}
