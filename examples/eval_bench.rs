@@ -25,9 +25,23 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, save, dir] = args.as_slice()
+        && save == "save"
+    {
+        // The benchmark model as a Hugging Face checkpoint, to import with a `model` stage.
+        let mut cfg = LlamaConfig::new(4096, 256, 4, 4, 256);
+        cfg.intermediate_size = 704;
+        let device = Device::flex();
+        device.seed(7);
+        let model = Llama::init(&cfg, &device)?;
+        ropelens::model::save_llama(&model, std::path::Path::new(dir), Default::default())?;
+        return Ok(());
+    }
     let (what, length) = match args.as_slice() {
         [_, w, l] => (w.clone(), l.parse::<usize>()?),
-        _ => anyhow::bail!("usage: eval_bench <ppl|nll-fused|entropy|distance> <length>"),
+        _ => anyhow::bail!(
+            "usage: eval_bench <ppl|nll-fused|entropy|distance> <length> | eval_bench save <dir>"
+        ),
     };
     let mut cfg = LlamaConfig::new(4096, 256, 4, 4, 256);
     cfg.intermediate_size = 704;
