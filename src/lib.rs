@@ -13,5 +13,6 @@ pub mod progress;
 pub mod report;
 pub mod stages;
 pub mod tables;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -7,3 +7,4 @@ mod model;
 mod report;
 mod runner;
 mod stages;
+mod train;

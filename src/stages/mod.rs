@@ -14,6 +14,7 @@ pub mod eval_needle;
 pub mod eval_ppl;
 pub mod model;
 pub mod report;
+pub mod train;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -32,6 +33,7 @@ pub static KINDS: &[&dyn ErasedKind] = &[
     &Erased::<data_prep::DataPrep>::NEW,
     &Erased::<model::Model>::NEW,
     &Erased::<report::Report>::NEW,
+    &Erased::<train::Train>::NEW,
     &Erased::<eval_ppl::EvalPpl>::NEW,
     &Erased::<eval_needle::EvalNeedle>::NEW,
     &Erased::<attention::Attention>::NEW,

@@ -2,3 +2,4 @@
 
 mod model_stage;
 mod report_stage;
+mod train_stage;

@@ -1,0 +1,220 @@
+//! The `train` stage: pretraining of a new model, or continual pretraining of `needs.init`
+//! with a RoPE extension, on the token splits of `needs.data`.
+//!
+//! The stage only wires things together: it opens the data stage's output, builds or loads the
+//! model (applying `rope`), hands [`crate::train::train`] a window sampler over the training
+//! split and fixed validation windows, and writes the final Hugging Face checkpoint
+//! (model.safetensors, config.json, the data stage's tokenizer.json) plus the `train_log` and
+//! `val_log` tables. Checkpoints go to `checkpoints/` in the build directory, which the runner
+//! keeps for a retried run (`resumable`), so a killed run continues where it stopped.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use burn::tensor::Device;
+
+use super::{Ctx, NeedDecl, Needs, Resources, StageKind};
+use crate::data::{PreparedData, SampleMode, WindowSampler};
+use crate::model::{HfLayout, Llama, load_llama, save_llama};
+use crate::tables::{Table, TrainLogRow, ValLogRow};
+use crate::train::{
+    BatchSource, Sampling, TrainError, TrainJob, TrainStageParams, checkpoint, seeded_init, train,
+};
+
+/// The `train` stage kind.
+pub struct Train;
+
+/// Seed offset of the validation windows, so they differ from the training windows.
+const VALIDATION_SEED: u64 = 0x7a11_da7a;
+
+/// Summary file written beside the model.
+pub const SUMMARY_FILE: &str = "train.json";
+
+/// [`WindowSampler`] as a [`BatchSource`].
+struct Sampler(WindowSampler);
+
+impl BatchSource for Sampler {
+    fn window(&self) -> usize {
+        self.0.state().window
+    }
+    fn next_batch(&mut self, rows: usize) -> crate::train::Result<Vec<u32>> {
+        Ok(self.0.next_batch(rows))
+    }
+    fn position(&self) -> u64 {
+        self.0.state().position
+    }
+    fn set_position(&mut self, position: u64) {
+        self.0.set_position(position)
+    }
+}
+
+/// The Hugging Face checkpoint of an upstream model or train instance: its output directory,
+/// or a `model/` directory inside it.
+fn model_dir(dir: &Path) -> PathBuf {
+    if dir.join("config.json").is_file() {
+        dir.to_path_buf()
+    } else {
+        dir.join("model")
+    }
+}
+
+/// The model to train, on the autodiff device: `init`'s weights, or a new seeded model.
+fn build_model(
+    params: &TrainStageParams,
+    ctx: &Ctx<'_>,
+    data: &PreparedData,
+    device: &Device,
+) -> anyhow::Result<Llama> {
+    let init = ctx.need_all("init");
+    let model = match init {
+        [] => {
+            let special = data.special();
+            let config = params.model.clone().unwrap_or_default().config(
+                data.vocab_size(),
+                params.train.seq_len,
+                special.bos_id,
+                special.eos_id,
+            )?;
+            seeded_init(Llama::init(&config, device)?, ctx.seed)
+        }
+        [up] => {
+            if params.model.is_some() {
+                bail!(
+                    "`model`: a model started from `needs.init` (`{}`) keeps its architecture; remove the `model` table (change the RoPE with `rope`)",
+                    up.instance
+                );
+            }
+            let dir = model_dir(&up.dir);
+            let model = load_llama(&dir, device)
+                .with_context(|| format!("loading the `init` model of `{}`", up.instance))?;
+            if model.config().vocab_size < data.vocab_size() {
+                bail!(
+                    "the `init` model `{}` has vocab_size {}, but the data's tokenizer has {} tokens",
+                    up.instance,
+                    model.config().vocab_size,
+                    data.vocab_size()
+                );
+            }
+            model
+        }
+        many => bail!(
+            "need `init` has {} instances where one was expected",
+            many.len()
+        ),
+    };
+    Ok(match &params.rope {
+        Some(rope) => rope.apply_to(model)?,
+        None => model,
+    })
+}
+
+impl StageKind for Train {
+    const KIND: &'static str = "train";
+    const VERSION: u32 = 1;
+    type Params = TrainStageParams;
+
+    fn needs() -> Needs {
+        Needs::Fixed(&[
+            NeedDecl {
+                name: "data",
+                required: true,
+                gather: false,
+            },
+            NeedDecl {
+                name: "init",
+                required: false,
+                gather: false,
+            },
+        ])
+    }
+
+    fn resources(_params: &Self::Params, device: &str) -> Resources {
+        Resources {
+            gpu: u32::from(device.trim().starts_with("cuda")),
+        }
+    }
+
+    fn resumable(_params: &Self::Params) -> bool {
+        true
+    }
+
+    fn run(params: &Self::Params, ctx: &Ctx<'_>) -> anyhow::Result<()> {
+        params.train.validate()?;
+        let device = crate::device::device(ctx.device)?;
+        let train_device = device.clone().autodiff();
+        let data_up = ctx.need("data")?;
+        let data = PreparedData::open(&data_up.dir)
+            .with_context(|| format!("opening the data of `{}`", data_up.instance))?;
+        let p = &params.train;
+        let window = p.seq_len + 1;
+        let model = build_model(params, ctx, &data, &train_device)?;
+
+        let mode = match p.sample {
+            Sampling::Stream => SampleMode::Stream,
+            Sampling::DocumentStart => SampleMode::DocumentStart,
+        };
+        let sampler = WindowSampler::new(&data.train, window, ctx.seed, mode)
+            .map_err(|e| TrainError::Data(format!("training split: {e}")))?;
+        let mut source = Sampler(sampler);
+        let validation: Vec<Vec<u32>> = if data.valid.len() >= window {
+            let mut v = WindowSampler::new(
+                &data.valid,
+                window,
+                ctx.seed ^ VALIDATION_SEED,
+                SampleMode::Stream,
+            )
+            .map_err(|e| TrainError::Data(format!("validation split: {e}")))?;
+            (0..p.val_batches * p.batch_size)
+                .map(|_| v.next_window())
+                .collect()
+        } else {
+            ctx.progress.message(&format!(
+                "validation split has {} tokens, fewer than a window of {window}: no val_log",
+                data.valid.len()
+            ));
+            Vec::new()
+        };
+
+        let job = TrainJob {
+            params: p,
+            seed: ctx.seed,
+            run_dir: ctx.out_dir,
+            progress: ctx.progress,
+            stop_after: None,
+        };
+        let out = train(&job, model, &mut source, &validation)?;
+
+        save_llama(&out.model, ctx.out_dir, HfLayout::Both)?;
+        let tok = data.dir.join("tokenizer.json");
+        if tok.is_file() {
+            let to = ctx.out_dir.join("tokenizer.json");
+            std::fs::copy(&tok, &to)
+                .with_context(|| format!("copying {} to {}", tok.display(), to.display()))?;
+        }
+        ctx.write_table(TrainLogRow::NAME, &TrainLogRow::to_batch(&out.train_log)?)?;
+        ctx.write_table(ValLogRow::NAME, &ValLogRow::to_batch(&out.val_log)?)?;
+        let c = out.model.config();
+        let summary = serde_json::json!({
+            "steps": out.steps,
+            "tokens": out.tokens,
+            "seq_len": p.seq_len,
+            "elapsed_s": out.elapsed_s,
+            "tokens_per_s": out.tokens_per_s,
+            "resumed_from": out.resumed_from,
+            "final_loss": out.train_log.last().map(|r| r.loss),
+            "final_val_loss": out.val_log.last().map(|r| r.val_loss),
+            "params": c.num_params(),
+            "rope_type": c.rope.rope_type(),
+            "max_position_embeddings": c.max_position_embeddings,
+            "init": ctx.need_all("init").first().map(|u| u.instance.clone()),
+            "device": ctx.device,
+        });
+        let sp = ctx.out_dir.join(SUMMARY_FILE);
+        std::fs::write(&sp, serde_json::to_string_pretty(&summary)? + "\n")
+            .with_context(|| format!("writing {}", sp.display()))?;
+        if !p.keep_checkpoint {
+            checkpoint::remove_all(ctx.out_dir)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! Training throughput of the real loop ([`super::train`]) on random tokens, for the configs
+//! docs/train.md reports: the quickstart base model and the ~5M-parameter benchmark model of
+//! docs/model.md (whose PyTorch eager reference is bench/torch_reference.py).
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+
+use super::error::Result;
+use super::optim::seeded_init;
+use super::params::TrainParams;
+use super::run::{TrainJob, train};
+use super::source::TokenWindows;
+use crate::model::{Llama, LlamaConfig};
+use crate::progress::Progress;
+
+/// One throughput measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainBench {
+    /// Model config.
+    pub config: LlamaConfig,
+    /// Rows per step.
+    pub batch_size: usize,
+    /// Tokens per row.
+    pub seq_len: usize,
+    /// Steps timed (after one untimed warmup step).
+    pub steps: u64,
+}
+
+/// What [`bench_train`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainBenchReport {
+    /// Parameters of the model.
+    pub params: usize,
+    /// Mean seconds per optimiser step (wall).
+    pub step_s: f64,
+    /// Mean process CPU seconds per optimiser step (all threads).
+    pub step_cpu_s: f64,
+    /// Training tokens per second.
+    pub tokens_per_s: f64,
+}
+
+impl TrainBench {
+    /// The quickstart pipeline's base model: hidden 128, 4 layers, 4 heads, vocab 2048,
+    /// 64 tokens x batch 32.
+    pub fn quickstart() -> Self {
+        TrainBench {
+            config: LlamaConfig::new(2048, 128, 4, 4, 64),
+            batch_size: 32,
+            seq_len: 64,
+            steps: 10,
+        }
+    }
+
+    /// The quickstart's RoPE-extension fine-tune: the base model at 4x its length, 256 tokens
+    /// x batch 8.
+    pub fn quickstart_extend() -> Self {
+        TrainBench {
+            config: LlamaConfig::new(2048, 128, 4, 4, 256),
+            batch_size: 8,
+            seq_len: 256,
+            steps: 10,
+        }
+    }
+
+    /// The ~5M-parameter model of the model benchmark: hidden 256, 4 layers, ffn 704, vocab
+    /// 4096, 256 tokens x batch 8.
+    pub fn five_m() -> Self {
+        let mut config = LlamaConfig::new(4096, 256, 4, 4, 256);
+        config.intermediate_size = 704;
+        TrainBench {
+            config,
+            batch_size: 8,
+            seq_len: 256,
+            steps: 5,
+        }
+    }
+}
+
+/// Time the training loop (forward, backward, clipping, AdamW; no validation or checkpoints
+/// but the final one) on `device` (plain; training uses its autodiff form).
+pub fn bench_train(
+    bench: &TrainBench,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<TrainBenchReport> {
+    let dir = tempfile::tempdir().map_err(|e| super::TrainError::io(std::env::temp_dir(), e))?;
+    let vocab = bench.config.vocab_size as u64;
+    let tokens: Vec<u32> = (0..200_000u64)
+        .map(|i| ((i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) % vocab) as u32)
+        .collect();
+    let ad = device.clone().autodiff();
+    let run = |steps: u64, sub: &str| -> Result<(f64, f64)> {
+        let params = TrainParams {
+            seq_len: bench.seq_len,
+            batch_size: bench.batch_size,
+            steps: Some(steps),
+            checkpoint_every: 0,
+            val_every: 0,
+            ..TrainParams::default()
+        };
+        let model = seeded_init(Llama::init(&bench.config, &ad)?, 1);
+        let mut source = TokenWindows::new(tokens.clone(), bench.seq_len + 1, 1)?;
+        let run_dir = dir.path().join(sub);
+        let job = TrainJob {
+            params: &params,
+            seed: 1,
+            run_dir: &run_dir,
+            progress,
+            stop_after: None,
+        };
+        let (t, c) = (Instant::now(), process_cpu_s());
+        train(&job, model, &mut source, &[])?;
+        Ok((t.elapsed().as_secs_f64(), process_cpu_s() - c))
+    };
+    // The difference of a 1-step and an (n+1)-step run: setup and the final checkpoint cancel.
+    let one = run(1, "a")?;
+    let many = run(bench.steps + 1, "b")?;
+    let step_s = ((many.0 - one.0) / bench.steps as f64).max(1e-9);
+    Ok(TrainBenchReport {
+        params: bench.config.num_params(),
+        step_s,
+        step_cpu_s: (many.1 - one.1) / bench.steps as f64,
+        tokens_per_s: (bench.batch_size * bench.seq_len) as f64 / step_s,
+    })
+}
+
+/// CPU time of the process so far, in seconds (0 where unavailable).
+fn process_cpu_s() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+        }
+    }
+    0.0
+}

@@ -1,0 +1,369 @@
+//! The training loop on tiny models: the loss falls, runs are deterministic, a killed run
+//! resumes to the same weights, checkpoints reload, RoPE changes keep weights, and errors name
+//! what went wrong.
+
+use burn::tensor::Device;
+use ropelens::model::checkpoint::hf_tensors;
+use ropelens::model::llama::to_f32_vec;
+use ropelens::model::{
+    HfLayout, Llama, LlamaConfig, RopeScaling, ids_tensor, load_llama, save_llama,
+};
+use ropelens::progress::Silent;
+use ropelens::train::{
+    ParamGroup, RopeParams, TokenWindows, TrainError, TrainJob, TrainOutput, TrainParams,
+    seeded_init, train,
+};
+
+const VOCAB: usize = 48;
+
+/// A stream with learnable structure: a fixed cycle through the vocabulary with a rare
+/// seeded jump, so the next token is mostly a function of the current one.
+fn stream(n: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(n);
+    let mut t = 1u32;
+    let mut x = 12345u64;
+    for _ in 0..n {
+        out.push(t);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        t = if (x >> 60) == 0 {
+            ((x >> 32) % VOCAB as u64) as u32
+        } else {
+            (t * 7 + 3) % VOCAB as u32
+        };
+    }
+    out
+}
+
+fn tiny_config(max_pos: usize) -> LlamaConfig {
+    let mut c = LlamaConfig::new(VOCAB, 32, 2, 4, max_pos);
+    c.num_key_value_heads = 2;
+    c
+}
+
+fn params(steps: u64) -> TrainParams {
+    TrainParams {
+        seq_len: 16,
+        batch_size: 8,
+        steps: Some(steps),
+        lr: 1e-2,
+        warmup_steps: Some(2),
+        checkpoint_every: 0,
+        val_every: 0,
+        log_every: 1,
+        ..TrainParams::default()
+    }
+}
+
+fn model(seed: u64) -> Llama {
+    let device = Device::flex().autodiff();
+    seeded_init(Llama::init(&tiny_config(16), &device).unwrap(), seed)
+}
+
+fn validation() -> Vec<Vec<u32>> {
+    let s = stream(5000);
+    (0..8).map(|i| s[i * 100..i * 100 + 17].to_vec()).collect()
+}
+
+fn run(
+    p: &TrainParams,
+    dir: &std::path::Path,
+    stop_after: Option<u64>,
+) -> Result<TrainOutput, TrainError> {
+    let job = TrainJob {
+        params: p,
+        seed: 7,
+        run_dir: dir,
+        progress: &Silent,
+        stop_after,
+    };
+    let mut source = TokenWindows::new(stream(20_000), p.seq_len + 1, 7).unwrap();
+    train(&job, model(7), &mut source, &validation())
+}
+
+fn weights(m: &Llama) -> Vec<(String, Vec<f32>)> {
+    hf_tensors(m)
+        .into_iter()
+        .map(|(k, (_, v))| (k, v))
+        .collect()
+}
+
+#[test]
+fn loss_falls_and_logs_are_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = TrainParams {
+        val_every: 20,
+        checkpoint_every: 20,
+        log_every: 10,
+        ..params(60)
+    };
+    let out = run(&p, dir.path(), None).unwrap();
+    let first = out.train_log.first().unwrap().loss;
+    let last = out.train_log.last().unwrap().loss;
+    // ln(48) = 3.87 at the start; the cycle is learnable down to the noise of the jumps.
+    assert!(first > 3.5, "first loss {first}");
+    assert!(last < 0.35 * first, "loss {first} -> {last}");
+    let steps: Vec<i64> = out.train_log.iter().map(|r| r.step).collect();
+    assert_eq!(steps, vec![1, 10, 20, 30, 40, 50, 60]);
+    assert_eq!(out.train_log[1].tokens, 10 * 8 * 16);
+    assert!(
+        out.train_log
+            .iter()
+            .all(|r| r.seq_len == 16 && r.grad_norm.unwrap() > 0.0)
+    );
+    assert!(
+        out.train_log
+            .iter()
+            .all(|r| r.tokens_per_s > 0.0 && r.elapsed_s > 0.0)
+    );
+    // Warmup of 2 steps then cosine to 10%.
+    assert!((out.train_log[0].lr - 5e-3).abs() < 1e-12);
+    assert!((out.train_log.last().unwrap().lr - 1e-3).abs() < 1e-12);
+    let val: Vec<i64> = out.val_log.iter().map(|r| r.step).collect();
+    assert_eq!(val, vec![20, 40, 60]);
+    assert!(out.val_log[2].val_loss < 0.5 * first, "{:?}", out.val_log);
+    assert_eq!((out.steps, out.tokens), (60, 60 * 128));
+    assert!(out.final_checkpoint.ends_with("checkpoints/step-00000060"));
+    // Older checkpoints are gone once a newer one is in place.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("checkpoints"))
+        .unwrap()
+        .collect();
+    assert_eq!(left.len(), 1);
+}
+
+#[test]
+fn same_seed_same_curve_and_resume_equals_uninterrupted() {
+    let p = TrainParams {
+        checkpoint_every: 4,
+        val_every: 5,
+        grad_accum: 2,
+        ..params(12)
+    };
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = run(&p, a_dir.path(), None).unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = run(&p, b_dir.path(), None).unwrap();
+    let losses = |o: &TrainOutput| o.train_log.iter().map(|r| r.loss).collect::<Vec<_>>();
+    // Same seed: the same loss curve, bit for bit (the CPU backend is deterministic).
+    assert_eq!(losses(&a), losses(&b));
+    assert_eq!(weights(&a.model), weights(&b.model));
+
+    // Killed after step 6: the checkpoint of step 4 is the newest; resuming replays 5 and 6.
+    let c_dir = tempfile::tempdir().unwrap();
+    let e = run(&p, c_dir.path(), Some(6)).unwrap_err();
+    assert!(matches!(e, TrainError::Interrupted { step: 6 }), "{e}");
+    let c = run(&p, c_dir.path(), None).unwrap();
+    assert_eq!(c.resumed_from, Some(4));
+    assert_eq!(losses(&c), losses(&a));
+    assert_eq!(
+        c.val_log.iter().map(|r| r.val_loss).collect::<Vec<_>>(),
+        a.val_log.iter().map(|r| r.val_loss).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        weights(&c.model),
+        weights(&a.model),
+        "resumed weights differ"
+    );
+
+    // A finished run found again resumes at its end and trains nothing.
+    let d = run(&p, c_dir.path(), None).unwrap();
+    assert_eq!(d.resumed_from, Some(12));
+    assert_eq!(weights(&d.model), weights(&a.model));
+
+    // Another configuration refuses the checkpoint instead of mixing runs.
+    let other = TrainParams {
+        lr: 2e-2,
+        ..p.clone()
+    };
+    let e = run(&other, c_dir.path(), None).unwrap_err().to_string();
+    assert!(e.contains("written by a run with other parameters"), "{e}");
+}
+
+#[test]
+fn grad_accumulation_matches_a_larger_batch() {
+    let big = params(3);
+    let small = TrainParams {
+        batch_size: 4,
+        grad_accum: 2,
+        ..params(3)
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = run(&big, d1.path(), None).unwrap();
+    let b = run(&small, d2.path(), None).unwrap();
+    let max_diff = weights(&a.model)
+        .iter()
+        .zip(weights(&b.model))
+        .flat_map(|((_, x), (_, y))| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .collect::<Vec<_>>()
+        })
+        .fold(0.0f32, f32::max);
+    assert!(
+        max_diff < 1e-4,
+        "accumulated vs big batch differ by {max_diff}"
+    );
+    assert!((a.train_log[0].loss - b.train_log[0].loss).abs() < 1e-5);
+}
+
+#[test]
+fn frozen_groups_do_not_move() {
+    let p = TrainParams {
+        trainable: Some(vec![ParamGroup::Attention]),
+        ..params(3)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&p, dir.path(), None).unwrap();
+    let before: std::collections::BTreeMap<_, _> =
+        weights(&model(7).valid_model()).into_iter().collect();
+    for (name, values) in weights(&out.model) {
+        let same = before[&name] == values;
+        assert_eq!(same, !name.contains("self_attn"), "{name}");
+    }
+}
+
+trait Valid {
+    fn valid_model(self) -> Llama;
+}
+
+impl Valid for Llama {
+    fn valid_model(self) -> Llama {
+        burn::module::Module::valid(&self)
+    }
+}
+
+#[test]
+fn trained_checkpoint_reloads_with_identical_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&params(3), dir.path(), None).unwrap();
+    let saved = dir.path().join("final");
+    save_llama(&out.model, &saved, HfLayout::Both).unwrap();
+    let device = Device::flex();
+    let back = load_llama(&saved, &device).unwrap();
+    let ids = ids_tensor(&[stream(40)[..32].to_vec()], &device).unwrap();
+    let a = to_f32_vec(out.model.forward(ids.clone()).unwrap());
+    let b = to_f32_vec(back.forward(ids).unwrap());
+    assert_eq!(a, b);
+    // The checkpoint directory itself is a loadable model too.
+    let ck = load_llama(&out.final_checkpoint, &device).unwrap();
+    assert_eq!(weights(&ck), weights(&out.model));
+}
+
+#[test]
+fn rope_change_keeps_every_weight_and_changes_only_frequencies() {
+    let base = model(3).valid_model();
+    let yarn: RopeParams = toml::from_str("rope_type = \"yarn\"\nfactor = 4.0").unwrap();
+    let ext = yarn.apply_to(base.clone()).unwrap();
+    assert_eq!(weights(&ext), weights(&base));
+    let (bc, ec) = (base.config(), ext.config());
+    assert_eq!(ec.max_position_embeddings, 64);
+    assert!(matches!(
+        ec.rope.scaling,
+        RopeScaling::Yarn {
+            original_max_position_embeddings: Some(16),
+            ..
+        }
+    ));
+    // Everything but the RoPE and the length is the same config.
+    let mut same = ec.clone();
+    same.rope = bc.rope.clone();
+    same.max_position_embeddings = bc.max_position_embeddings;
+    assert_eq!(&same, bc);
+    let fb = bc
+        .rope
+        .frequencies(bc.head_dim, bc.max_position_embeddings, 16);
+    let fe = ec
+        .rope
+        .frequencies(ec.head_dim, ec.max_position_embeddings, 16);
+    assert_ne!(fb.inv_freq, fe.inv_freq);
+    // YaRN keeps the highest frequency and interpolates the lowest by the factor.
+    assert_eq!(fb.inv_freq[0], fe.inv_freq[0]);
+    let last = fb.inv_freq.len() - 1;
+    assert!((fe.inv_freq[last] * 4.0 - fb.inv_freq[last]).abs() < 1e-6 * fb.inv_freq[last]);
+}
+
+#[test]
+fn divergence_names_the_step_and_keeps_the_last_checkpoint() {
+    let p = TrainParams {
+        lr: 1e30,
+        warmup_steps: Some(0),
+        grad_clip: 0.0,
+        checkpoint_every: 1,
+        ..params(10)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let e = run(&p, dir.path(), None).unwrap_err();
+    let TrainError::Diverged {
+        step,
+        last_step,
+        last_checkpoint,
+        ..
+    } = &e
+    else {
+        panic!("expected divergence, got {e}");
+    };
+    assert_eq!((*step, *last_step), (2, 1), "{e}");
+    let ck = last_checkpoint.clone().unwrap();
+    assert!(ck.join("model.safetensors").is_file());
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("training diverged at step 2: loss is"),
+        "{msg}"
+    );
+    assert!(msg.contains("step-00000001"), "{msg}");
+}
+
+#[test]
+fn bad_inputs_are_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = TrainParams {
+        steps: Some(5),
+        tokens: Some(100),
+        ..params(5)
+    };
+    assert_eq!(
+        run(&p, dir.path(), None).unwrap_err().to_string(),
+        "`train.tokens`: give `steps` or `tokens`, not both (a token budget sets the steps)"
+    );
+    // A source with the wrong window length.
+    let p = params(2);
+    let job = TrainJob {
+        params: &p,
+        seed: 7,
+        run_dir: dir.path(),
+        progress: &Silent,
+        stop_after: None,
+    };
+    let mut source = TokenWindows::new(stream(1000), 9, 7).unwrap();
+    let e = train(&job, model(7), &mut source, &[]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "batch source: the source gives windows of 9 tokens; training at seq_len 16 needs 17"
+    );
+    // A model on a plain device cannot train.
+    let mut source = TokenWindows::new(stream(1000), 17, 7).unwrap();
+    let plain = Llama::init(&tiny_config(16), &Device::flex()).unwrap();
+    let e = train(&job, plain, &mut source, &[]).unwrap_err();
+    assert!(e.to_string().contains("autodiff device"), "{e}");
+}
+
+/// Throughput of the loop; run with
+/// `cargo test --release --test tests train::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark: prints tokens/s, takes about a minute"]
+fn throughput() {
+    use ropelens::train::bench::{TrainBench, bench_train};
+    for (name, b) in [
+        ("quickstart", TrainBench::quickstart()),
+        ("quickstart extend", TrainBench::quickstart_extend()),
+        ("5M", TrainBench::five_m()),
+    ] {
+        let r = bench_train(&b, &Device::flex(), &Silent).unwrap();
+        println!(
+            "{name}: {} params, batch {} x {}: {:.3} s/step ({:.3} CPU s), {:.0} tokens/s",
+            r.params, b.batch_size, b.seq_len, r.step_s, r.step_cpu_s, r.tokens_per_s
+        );
+    }
+}
