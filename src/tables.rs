@@ -396,10 +396,10 @@ tables! {
     "ppl" => PplRow {
         /// Context length in tokens of each evaluated window.
         length: i64,
-        /// `truncate`: the document is cut into independent windows of `length` tokens, every
-        /// token scored with the context before it in its window; `sliding`: windows advance by
-        /// a stride and only tokens not scored before are scored, each with up to `length - 1`
-        /// tokens of context.
+        /// `truncate`: the document is cut to its first `length` tokens, one window, every token
+        /// after the first scored; `sliding`: windows of `length` tokens advance by a stride and
+        /// only tokens not scored before are scored (every token after the first exactly once),
+        /// each with at least `length - stride` tokens of context after the first window.
         mode: String,
         /// Identifier of the document: its id in the corpus, or its index in the eval split.
         document: String,
@@ -422,7 +422,8 @@ tables! {
     "needle" => NeedleRow {
         /// Task name, e.g. `passkey` or `kv` (key-value recall).
         task: String,
-        /// Prompt length in tokens (the context length tested).
+        /// Context length tested, in tokens: the prompt plus the room for the expected answer
+        /// (the data stage's haystack length).
         length: i64,
         /// Needle depth as a fraction of the haystack in `[0, 1]`: 0 = at the start (farthest
         /// from the question), 1 = at the end.

@@ -2,6 +2,7 @@
 
 mod analysis;
 mod data;
+mod eval;
 mod model;
 mod report;
 mod runner;

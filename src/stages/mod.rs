@@ -6,8 +6,12 @@
 //! knows nothing else about it. [`ErasedKind`] is the object-safe form the runner stores in
 //! [`KINDS`]; adding a kind is implementing the trait and adding one line there.
 
+pub mod attention;
 pub mod command;
 pub mod data_prep;
+pub mod eval_io;
+pub mod eval_needle;
+pub mod eval_ppl;
 pub mod model;
 pub mod report;
 pub mod train;
@@ -30,6 +34,9 @@ pub static KINDS: &[&dyn ErasedKind] = &[
     &Erased::<model::Model>::NEW,
     &Erased::<report::Report>::NEW,
     &Erased::<train::Train>::NEW,
+    &Erased::<eval_ppl::EvalPpl>::NEW,
+    &Erased::<eval_needle::EvalNeedle>::NEW,
+    &Erased::<attention::Attention>::NEW,
 ];
 
 /// Look a kind up by its `kind = "..."` name.

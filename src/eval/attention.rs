@@ -1,0 +1,249 @@
+//! Attention analysis of validation windows at one context length: entropy by query position
+//! (`attention_entropy`), mean attention by relative distance (`attention_distance`, the
+//! paper's Fig. 2) and the Jensen-Shannon divergence of that profile from a reference model's
+//! (`attention_divergence`, the paper's Table 1).
+//!
+//! Both statistics come from the model's blockwise attention (entropy through the KV cache a
+//! chunk at a time, [`forward_chunks`]; distance from [`Llama::attention_distance`]), so
+//! memory is linear in length. Query positions and relative
+//! distances share one log-spaced bucketing ([`DistanceBuckets`], base 2): `0 | 1 | 2-3 | 4-7
+//! | ...`; entropy grows roughly with the log of the number of visible keys, so log buckets
+//! keep the early positions resolved.
+//!
+//! The divergence is computed on [`DistanceProfile::mean_probability`] over all layers and
+//! heads, restricted to the buckets both profiles cover ([`align_common_support`]), in **nats**
+//! (`0 <= JS <= ln 2`).
+
+use crate::analysis::distance::{DistanceBuckets, DistanceProfile};
+use crate::analysis::divergence::align_common_support;
+use crate::model::llama::to_f32_vec;
+use crate::model::{AttentionBlocks, Llama, ids_tensor};
+
+use super::chunked::forward_chunks;
+use crate::progress::Progress;
+use crate::tables::{AttentionDistanceRow, AttentionDivergenceRow, AttentionEntropyRow};
+
+use super::{EvalError, Result};
+
+/// The log-spaced buckets (base 2) of query positions and distances.
+pub fn buckets() -> DistanceBuckets {
+    DistanceBuckets::default()
+}
+
+/// Bucket edges for [`Llama::attention_distance`] covering distances `0..length`:
+/// `[0, 1, 2, 4, ..., 2^k]` with `2^k >= length`.
+pub fn distance_edges(length: usize) -> Vec<usize> {
+    let b = buckets();
+    let n = b.count_for_len(length as u64);
+    let mut edges: Vec<usize> = (0..n).map(|k| b.edges(k).0 as usize).collect();
+    edges.push(b.edges(n - 1).1 as usize + 1);
+    edges
+}
+
+fn check_windows(windows: &[Vec<u32>], what: &str) -> Result<usize> {
+    let Some(first) = windows.first() else {
+        return Err(EvalError::Input(format!("{what}: no windows to analyse")));
+    };
+    let len = first.len();
+    if len == 0 || windows.iter().any(|w| w.len() != len) {
+        return Err(EvalError::Input(format!(
+            "{what}: windows must be non-empty and of equal length"
+        )));
+    }
+    Ok(len)
+}
+
+/// `attention_entropy` rows at the windows' length: mean entropy per layer, head and query
+/// bucket over all windows (batched `batch_size` at a time, each run `chunk` positions at a
+/// time through the KV cache, so that no `[seq, vocab]` logits are held).
+///
+/// Progress: phase `attention entropy L=<length>`, one step per window.
+pub fn attention_entropy(
+    model: &Llama,
+    windows: &[Vec<u32>],
+    blocks: AttentionBlocks,
+    batch_size: usize,
+    chunk: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<AttentionEntropyRow>> {
+    let len = check_windows(windows, "attention entropy")?;
+    let c = model.config();
+    let (layers, heads) = (c.num_hidden_layers, c.num_attention_heads);
+    let b = buckets();
+    let nq = b.count_for_len(len as u64);
+    let bucket_of: Vec<usize> = (0..len).map(|p| b.bucket(p as u64)).collect();
+    // [layer][head][bucket]
+    let mut sum = vec![0f64; layers * heads * nq];
+    let mut count = vec![0u64; nq];
+    progress.start(&format!("attention entropy L={len}"), windows.len() as u64);
+    for batch in windows.chunks(batch_size.max(1)) {
+        let nb = batch.len();
+        forward_chunks(model, batch, chunk, Some(blocks), &mut |out| {
+            let entropy = out
+                .entropy
+                .ok_or_else(|| EvalError::Input("the model returned no entropy".into()))?;
+            // [layers, batch, heads, n]
+            let e = to_f32_vec(entropy);
+            let n = out.len;
+            for l in 0..layers {
+                for bi in 0..nb {
+                    for h in 0..heads {
+                        let row = &e[((l * nb + bi) * heads + h) * n..][..n];
+                        let base = (l * heads + h) * nq;
+                        for (i, &v) in row.iter().enumerate() {
+                            sum[base + bucket_of[out.start + i]] += v as f64;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        for &k in &bucket_of {
+            count[k] += nb as u64;
+        }
+        progress.advance(nb as u64);
+    }
+    let mut rows = Vec::with_capacity(layers * heads * nq);
+    for l in 0..layers {
+        for h in 0..heads {
+            for (k, &n) in count.iter().enumerate() {
+                let (lo, hi) = b.edges(k);
+                rows.push(AttentionEntropyRow {
+                    length: len as i64,
+                    layer: l as i64,
+                    head: h as i64,
+                    query_bucket_lo: lo as i64,
+                    query_bucket_hi: (hi as usize).min(len - 1) as i64,
+                    queries: n as i64,
+                    entropy_mean: sum[(l * heads + h) * nq + k] / n as f64,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Attention by distance of a model at one length: one profile per layer (all heads summed)
+/// and the all-layer profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistanceResult {
+    /// The windows' length.
+    pub length: usize,
+    /// One profile per layer.
+    pub layers: Vec<DistanceProfile>,
+    /// All layers merged.
+    pub all: DistanceProfile,
+}
+
+/// Attention-by-distance profiles over all windows (batched `batch_size` at a time).
+///
+/// Progress: phase `attention distance L=<length>`, one step per window.
+pub fn attention_distance(
+    model: &Llama,
+    windows: &[Vec<u32>],
+    blocks: AttentionBlocks,
+    batch_size: usize,
+    progress: &dyn Progress,
+) -> Result<DistanceResult> {
+    let len = check_windows(windows, "attention distance")?;
+    let c = model.config();
+    let (layers, heads) = (c.num_hidden_layers, c.num_attention_heads);
+    let edges = distance_edges(len);
+    let nb = edges.len() - 1;
+    let mut mass = vec![vec![0f64; nb]; layers];
+    let mut pairs = vec![0u64; nb];
+    let mut rows = 0u64;
+    progress.start(&format!("attention distance L={len}"), windows.len() as u64);
+    let device = model.device();
+    for batch in windows.chunks(batch_size.max(1)) {
+        let ids = ids_tensor(batch, &device)?;
+        let p = model.attention_distance(ids, &edges, blocks)?;
+        for (m, layer) in mass.iter_mut().zip(&p.prob_sum) {
+            for head in layer {
+                for (a, v) in m.iter_mut().zip(head) {
+                    *a += v;
+                }
+            }
+        }
+        for (a, &n) in pairs.iter_mut().zip(&p.pair_count) {
+            *a += n * heads as u64;
+        }
+        rows += (batch.len() * len * heads) as u64;
+        progress.advance(batch.len() as u64);
+    }
+    let layers: Vec<DistanceProfile> = mass
+        .into_iter()
+        .map(|m| DistanceProfile::from_parts(buckets(), m, pairs.clone(), rows))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut all = DistanceProfile::new(buckets());
+    for p in &layers {
+        all.merge(p)?;
+    }
+    Ok(DistanceResult {
+        length: len,
+        layers,
+        all,
+    })
+}
+
+/// `attention_distance` rows: every layer, then the all-layer mean (`layer` null).
+pub fn distance_rows(result: &DistanceResult) -> Result<Vec<AttentionDistanceRow>> {
+    let mut rows = Vec::new();
+    let profiles = result
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(l, p)| (Some(l as i64), p))
+        .chain(std::iter::once((None, &result.all)));
+    for (layer, p) in profiles {
+        let mean = p.mean_probability();
+        let share = p.mass_distribution()?;
+        for (k, ((&m, &s), &n)) in mean.iter().zip(&share).zip(p.pairs()).enumerate() {
+            let (lo, hi) = p.buckets().edges(k);
+            rows.push(AttentionDistanceRow {
+                length: result.length as i64,
+                layer,
+                bucket: k as i64,
+                distance_lo: lo as i64,
+                distance_hi: (hi as usize).min(result.length - 1) as i64,
+                mean_prob: m,
+                mass: s,
+                pairs: n as i64,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The `attention_divergence` row of a model's all-layer profile against a reference's.
+pub fn divergence_row(
+    model: &DistanceResult,
+    reference: &DistanceResult,
+    reference_instance: &str,
+) -> Result<AttentionDivergenceRow> {
+    let aligned = align_common_support(
+        &reference.all.mean_probability(),
+        &model.all.mean_probability(),
+    )?;
+    Ok(AttentionDivergenceRow {
+        length: model.length as i64,
+        reference_instance: reference_instance.to_string(),
+        reference_length: reference.length as i64,
+        js_nats: aligned.js()?,
+        common_buckets: aligned.buckets as i64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edges_cover_every_distance() {
+        assert_eq!(distance_edges(1), vec![0, 1]);
+        assert_eq!(distance_edges(2), vec![0, 1, 2]);
+        assert_eq!(distance_edges(5), vec![0, 1, 2, 4, 8]);
+        assert_eq!(distance_edges(8), vec![0, 1, 2, 4, 8]);
+        assert_eq!(distance_edges(9), vec![0, 1, 2, 4, 8, 16]);
+    }
+}

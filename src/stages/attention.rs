@@ -1,0 +1,194 @@
+//! The `attention` stage: attention entropy by query position (`attention_entropy`), mean
+//! attention by relative distance (`attention_distance`) on validation windows at each length,
+//! and, with a `reference` model (the base model), the Jensen-Shannon divergence of the
+//! distance profile from the reference's at its pretrained length (`attention_divergence`, in
+//! nats). Entropy vs error is computed by `eval_needle`, which holds the trials. See
+//! docs/eval.md.
+
+use anyhow::{Context, bail};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::eval_io::{check_lengths, gpu_resources, load_model, open_data, write_rows};
+use super::{Ctx, NeedDecl, Needs, Resources, StageKind};
+use crate::data::PreparedData;
+use crate::eval::attention::{
+    DistanceResult, attention_distance, attention_entropy, distance_rows, divergence_row,
+};
+use crate::model::AttentionBlocks;
+
+/// Attention entropy, distance profile and divergence.
+pub struct Attention;
+
+/// Parameters of `attention`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionParams {
+    /// Context lengths in tokens.
+    pub lengths: Vec<usize>,
+    /// Validation windows per length: the first `length` tokens of the first documents that
+    /// have that many.
+    #[serde(default = "default_windows")]
+    pub windows: usize,
+    /// Windows per forward.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Queries per attention block (memory per block is batch x heads x query x key floats).
+    #[serde(default = "default_query_block")]
+    pub query_block: usize,
+    /// Keys per attention block.
+    #[serde(default = "default_key_block")]
+    pub key_block: usize,
+    /// Positions per forward step of the entropy pass (through the KV cache; bounds the
+    /// `[batch, chunk, vocab]` logits).
+    #[serde(default = "default_chunk")]
+    pub chunk: usize,
+    /// Length at which the reference model's profile is measured; default its
+    /// `max_position_embeddings` (its pretrained length). Only with a `reference` need.
+    #[serde(default)]
+    pub reference_length: Option<usize>,
+}
+
+fn default_windows() -> usize {
+    8
+}
+fn default_batch_size() -> usize {
+    1
+}
+fn default_query_block() -> usize {
+    256
+}
+fn default_key_block() -> usize {
+    1024
+}
+fn default_chunk() -> usize {
+    1024
+}
+
+/// Validation windows of `length` tokens, at most `count`.
+fn windows(data: &PreparedData, length: usize, count: usize) -> Vec<Vec<u32>> {
+    data.valid
+        .eval_windows(length, Some(count))
+        .into_iter()
+        .map(|w| w.tokens)
+        .collect()
+}
+
+impl StageKind for Attention {
+    const KIND: &'static str = "attention";
+    const VERSION: u32 = 1;
+    type Params = AttentionParams;
+
+    fn needs() -> Needs {
+        Needs::Fixed(&[
+            NeedDecl {
+                name: "model",
+                required: true,
+                gather: false,
+            },
+            NeedDecl {
+                name: "data",
+                required: true,
+                gather: false,
+            },
+            NeedDecl {
+                name: "reference",
+                required: false,
+                gather: false,
+            },
+        ])
+    }
+
+    fn resources(_: &AttentionParams, device: &str) -> Resources {
+        gpu_resources(device)
+    }
+
+    fn run(p: &AttentionParams, ctx: &Ctx<'_>) -> anyhow::Result<()> {
+        check_lengths(&p.lengths, 2, "lengths")?;
+        if [p.windows, p.batch_size, p.query_block, p.key_block, p.chunk].contains(&0) {
+            bail!(
+                "`windows`, `batch_size`, `query_block`, `key_block` and `chunk` must be at least 1"
+            );
+        }
+        let has_reference = !ctx.need_all("reference").is_empty();
+        if p.reference_length.is_some() && !has_reference {
+            bail!("`reference_length` is set but the stage has no `reference` need");
+        }
+        let blocks = AttentionBlocks {
+            query: p.query_block,
+            key: p.key_block,
+        };
+        let (model, _) = load_model(ctx, "model")?;
+        let data = open_data(ctx, &model)?;
+
+        let reference = if has_reference {
+            let (reference, name) = load_model(ctx, "reference")?;
+            let length = p
+                .reference_length
+                .unwrap_or(reference.config().max_position_embeddings);
+            let w = windows(&data, length, p.windows);
+            if w.is_empty() {
+                bail!(
+                    "no validation document has {length} tokens for the reference profile \
+                     (set `reference_length`)"
+                );
+            }
+            let profile = attention_distance(&reference, &w, blocks, p.batch_size, ctx.progress)
+                .with_context(|| format!("reference `{name}` at length {length}"))?;
+            Some((profile, name))
+        } else {
+            None
+        };
+
+        let mut entropy_rows = Vec::new();
+        let mut distance = Vec::new();
+        let mut divergence = Vec::new();
+        for &length in &p.lengths {
+            let w = windows(&data, length, p.windows);
+            if w.is_empty() {
+                ctx.progress.message(&format!(
+                    "L={length}: no validation document has {length} tokens; skipped"
+                ));
+                continue;
+            }
+            entropy_rows.extend(
+                attention_entropy(&model, &w, blocks, p.batch_size, p.chunk, ctx.progress)
+                    .with_context(|| format!("attention entropy at length {length}"))?,
+            );
+            let d: DistanceResult =
+                attention_distance(&model, &w, blocks, p.batch_size, ctx.progress)
+                    .with_context(|| format!("attention distance at length {length}"))?;
+            distance.extend(distance_rows(&d)?);
+            if let Some((r, name)) = &reference {
+                let row = divergence_row(&d, r, name)?;
+                ctx.progress.message(&format!(
+                    "L={length}: JS divergence from `{name}` at {} = {:.4} nats",
+                    r.length, row.js_nats
+                ));
+                divergence.push(row);
+            }
+        }
+        write_rows(ctx, &entropy_rows)?;
+        write_rows(ctx, &distance)?;
+        if reference.is_some() {
+            write_rows(ctx, &divergence)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_default_and_reject_unknown_keys() {
+        let p: AttentionParams = serde_json::from_str(r#"{"lengths": [64, 128]}"#).unwrap();
+        assert_eq!((p.windows, p.query_block, p.key_block), (8, 256, 1024));
+        assert_eq!(p.reference_length, None);
+        let e = serde_json::from_str::<AttentionParams>(r#"{"lengths": [64], "window": 2}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("window"), "{e}");
+    }
+}
