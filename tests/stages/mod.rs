@@ -1,5 +1,6 @@
 //! Integration tests of the study's stage kinds driven through `pipe run`, on tiny fixtures.
 
 mod model_stage;
+mod quickstart;
 mod report_stage;
 mod train_stage;
