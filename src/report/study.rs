@@ -116,13 +116,20 @@ pub fn write_report(
 
     let mut md = String::new();
     let _ = writeln!(md, "# {}\n", opts.title);
+    // A report stage reads the tables it gathered inside the cache: that absolute path means
+    // nothing to a reader, whereas the runner publishes the same tables beside the report.
+    let source = if results_dir.is_relative() {
+        format!("Results read from `{}`.", results_dir.display())
+    } else {
+        "Results read from the pipeline's gathered tables (the `<table>.parquet` files beside \
+         this report in `results/<pipeline>/`)."
+            .to_string()
+    };
     let _ = writeln!(
         md,
-        "Results read from `{}`. Figures are PNG files beside this report. Numbers are means \
-         over seeds, `mean ± sd` (sample standard deviation) where a model has several seeds. \
-         Entropies and divergences are in nats. How every number and verdict is computed: \
-         docs/report.md.\n",
-        results_dir.display()
+        "{source} Figures are PNG files beside this report. Numbers are means over seeds, \
+         `mean ± sd` (sample standard deviation) where a model has several seeds. Entropies and \
+         divergences are in nats. How every number and verdict is computed: docs/report.md.\n"
     );
     inputs_section(&mut md, &study);
     findings_section(&mut md, &found);
