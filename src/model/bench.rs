@@ -73,8 +73,9 @@ pub struct BenchReport {
     pub eval_forward_cpu_s: f64,
 }
 
-/// CPU time of the process so far, in seconds (0 where unavailable).
-fn process_cpu_s() -> f64 {
+/// CPU time of the process so far, in seconds (0 where unavailable): what the benchmarks
+/// report beside wall time, steadier on a shared machine.
+pub fn process_cpu_s() -> f64 {
     #[cfg(unix)]
     {
         let mut ts = libc::timespec {

@@ -11,6 +11,7 @@ use super::optim::seeded_init;
 use super::params::TrainParams;
 use super::run::{TrainJob, train};
 use super::source::TokenWindows;
+use crate::model::bench::process_cpu_s;
 use crate::model::{Llama, LlamaConfig};
 use crate::progress::Progress;
 
@@ -123,20 +124,4 @@ pub fn bench_train(
         step_cpu_s: (many.1 - one.1) / bench.steps as f64,
         tokens_per_s: (bench.batch_size * bench.seq_len) as f64 / step_s,
     })
-}
-
-/// CPU time of the process so far, in seconds (0 where unavailable).
-fn process_cpu_s() -> f64 {
-    #[cfg(unix)]
-    {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
-            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
-        }
-    }
-    0.0
 }
