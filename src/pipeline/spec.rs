@@ -1114,18 +1114,18 @@ mod tests {
         const VERSION: u32 = 1;
         type Params = NoParams;
         fn needs() -> Needs {
-            Needs::Fixed(&[
-                stages::NeedDecl {
-                    name: "model",
-                    required: true,
-                    gather: false,
+            Needs::Fixed(
+                const {
+                    &[
+                        stages::NeedDecl::required("model"),
+                        stages::NeedDecl {
+                            name: "evals",
+                            required: false,
+                            gather: true,
+                        },
+                    ]
                 },
-                stages::NeedDecl {
-                    name: "evals",
-                    required: false,
-                    gather: true,
-                },
-            ])
+            )
         }
         fn run(_: &NoParams, _: &stages::Ctx<'_>) -> anyhow::Result<()> {
             Ok(())

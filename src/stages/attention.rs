@@ -80,23 +80,15 @@ impl StageKind for Attention {
     type Params = AttentionParams;
 
     fn needs() -> Needs {
-        Needs::Fixed(&[
-            NeedDecl {
-                name: "model",
-                required: true,
-                gather: false,
+        Needs::Fixed(
+            const {
+                &[
+                    NeedDecl::required("model"),
+                    NeedDecl::required("data"),
+                    NeedDecl::optional("reference"),
+                ]
             },
-            NeedDecl {
-                name: "data",
-                required: true,
-                gather: false,
-            },
-            NeedDecl {
-                name: "reference",
-                required: false,
-                gather: false,
-            },
-        ])
+        )
     }
 
     fn resources(_: &AttentionParams, device: &str) -> Resources {

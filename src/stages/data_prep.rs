@@ -22,11 +22,7 @@ impl StageKind for DataPrep {
 
     fn needs() -> Needs {
         // `tokenizer = { from = "model" }` reads the tokenizer.json of this need.
-        Needs::Fixed(&[NeedDecl {
-            name: "model",
-            required: false,
-            gather: false,
-        }])
+        Needs::Fixed(const { &[NeedDecl::optional("model")] })
     }
 
     fn inputs(params: &DataPrepParams, pipeline_dir: &Path) -> Vec<PathBuf> {

@@ -93,18 +93,7 @@ impl StageKind for EvalNeedle {
     type Params = EvalNeedleParams;
 
     fn needs() -> Needs {
-        Needs::Fixed(&[
-            NeedDecl {
-                name: "model",
-                required: true,
-                gather: false,
-            },
-            NeedDecl {
-                name: "data",
-                required: true,
-                gather: false,
-            },
-        ])
+        Needs::Fixed(const { &[NeedDecl::required("model"), NeedDecl::required("data")] })
     }
 
     fn resources(_: &EvalNeedleParams, device: &str) -> Resources {

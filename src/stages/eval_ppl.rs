@@ -78,18 +78,7 @@ impl StageKind for EvalPpl {
     type Params = EvalPplParams;
 
     fn needs() -> Needs {
-        Needs::Fixed(&[
-            NeedDecl {
-                name: "model",
-                required: true,
-                gather: false,
-            },
-            NeedDecl {
-                name: "data",
-                required: true,
-                gather: false,
-            },
-        ])
+        Needs::Fixed(const { &[NeedDecl::required("model"), NeedDecl::required("data")] })
     }
 
     fn resources(_: &EvalPplParams, device: &str) -> Resources {

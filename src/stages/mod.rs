@@ -55,6 +55,26 @@ pub struct NeedDecl {
     pub gather: bool,
 }
 
+impl NeedDecl {
+    /// A need the pipeline must give, one upstream instance.
+    pub const fn required(name: &'static str) -> NeedDecl {
+        NeedDecl {
+            name,
+            required: true,
+            gather: false,
+        }
+    }
+
+    /// A need the pipeline may give, one upstream instance.
+    pub const fn optional(name: &'static str) -> NeedDecl {
+        NeedDecl {
+            name,
+            required: false,
+            gather: false,
+        }
+    }
+}
+
 /// Which needs a kind accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {

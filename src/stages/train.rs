@@ -114,18 +114,7 @@ impl StageKind for Train {
     type Params = TrainStageParams;
 
     fn needs() -> Needs {
-        Needs::Fixed(&[
-            NeedDecl {
-                name: "data",
-                required: true,
-                gather: false,
-            },
-            NeedDecl {
-                name: "init",
-                required: false,
-                gather: false,
-            },
-        ])
+        Needs::Fixed(const { &[NeedDecl::required("data"), NeedDecl::optional("init")] })
     }
 
     fn resources(_params: &Self::Params, device: &str) -> Resources {
