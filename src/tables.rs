@@ -768,23 +768,6 @@ pub fn write_table<T: Table>(path: &Path, rows: &[T]) -> Result<(), TableError> 
     write_batch(path, T::NAME, &T::to_batch(rows)?)
 }
 
-/// The Arrow type of a matrix column, inferred from its values as the runner does: all
-/// integers `int64`, all numbers `float64`, all booleans `bool`, otherwise `utf8`.
-fn matrix_type(values: &[Option<&serde_json::Value>]) -> DataType {
-    let present: Vec<&serde_json::Value> = values.iter().flatten().copied().collect();
-    if present.is_empty() {
-        DataType::Utf8
-    } else if present.iter().all(|v| v.is_i64()) {
-        DataType::Int64
-    } else if present.iter().all(|v| v.is_number()) {
-        DataType::Float64
-    } else if present.iter().all(|v| v.is_boolean()) {
-        DataType::Boolean
-    } else {
-        DataType::Utf8
-    }
-}
-
 /// Rows with their leading columns as one batch in the gathered layout: `stage`, `instance`,
 /// the matrix columns (first-mention order, types inferred; a matrix value whose name is a table
 /// column is left out, as the runner does), then the table's columns.
@@ -818,7 +801,7 @@ pub fn results_batch<T: Table>(rows: &[ResultRow<T>]) -> Result<RecordBatch, Tab
     for name in &matrix_names {
         let values: Vec<Option<&serde_json::Value>> =
             rows.iter().map(|r| r.matrix_value(name)).collect();
-        let ty = matrix_type(&values);
+        let ty = crate::pipeline::results::matrix_type(&values);
         let array: ArrayRef = match ty {
             DataType::Int64 => Arc::new(Int64Array::from(
                 values

@@ -126,8 +126,10 @@ pub struct RunRow {
     pub error: Option<String>,
 }
 
-/// Infer one Arrow type for a matrix column from its values.
-fn matrix_type(values: &[Option<&serde_json::Value>]) -> DataType {
+/// The Arrow type of a matrix column, inferred from its values: all integers `int64`, all
+/// numbers `float64`, all booleans `bool`, otherwise `utf8`. `tables::results_batch` uses it
+/// too, so tests that write results directly get the runner's types.
+pub fn matrix_type(values: &[Option<&serde_json::Value>]) -> DataType {
     let present: Vec<&serde_json::Value> = values.iter().flatten().copied().collect();
     if present.is_empty() {
         DataType::Utf8
