@@ -367,3 +367,59 @@ fn throughput() {
         );
     }
 }
+
+/// Blocks of 8 random tokens followed by the same 8 again: the second half of each block is
+/// predictable only by attending back 8 positions (a copy circuit), never from the current
+/// token alone.
+fn copy_stream(n: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(n);
+    let mut x = 99u64;
+    while out.len() < n {
+        let block: Vec<u32> = (0..8)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) % VOCAB as u64) as u32
+            })
+            .collect();
+        out.extend(&block);
+        out.extend(&block);
+    }
+    out.truncate(n);
+    out
+}
+
+/// The training path learns attention, not only bigram statistics: on the copy stream a
+/// 2-layer model must get well below ln(48) = 3.87 nats. PyTorch eager (transformers'
+/// LlamaForCausalLM, the same shapes, optimiser and schedule) went from 3.90 to 2.86 in 1000
+/// steps, ropelens to 2.78-2.95 (3.02 by step 300); a fresh random token is unpredictable, so
+/// about 2.5-2.9 is the floor here. 400 steps keep the test short.
+#[test]
+fn attention_learns_to_copy_from_earlier_in_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = TrainParams {
+        batch_size: 32,
+        lr: 3e-3,
+        warmup_steps: Some(20),
+        log_every: 50,
+        ..params(400)
+    };
+    let job = TrainJob {
+        params: &p,
+        seed: 7,
+        run_dir: dir.path(),
+        progress: &Silent,
+        stop_after: None,
+    };
+    let mut c = LlamaConfig::new(VOCAB, 128, 2, 4, 16);
+    c.num_key_value_heads = 4;
+    let device = Device::flex().autodiff();
+    let model = seeded_init(Llama::init(&c, &device).unwrap(), 7);
+    let mut source = TokenWindows::new(copy_stream(40_000), p.seq_len + 1, 7).unwrap();
+    let out = train(&job, model, &mut source, &validation()).unwrap();
+    let losses: Vec<f64> = out.train_log.iter().map(|r| r.loss).collect();
+    let tail = &losses[losses.len() - 3..];
+    let mean = tail.iter().sum::<f64>() / tail.len() as f64;
+    assert!(mean < 3.3, "no copying learnt: {losses:?}");
+}
