@@ -106,6 +106,38 @@ pub struct Attention {
     pub o_proj: Linear,
 }
 
+impl Attention {
+    /// Queries, keys and values of normed hidden states `h` `[b, t, hidden]`, RoPE applied to
+    /// queries and keys: `[b, heads, t, hd]`, `[b, kv_heads, t, hd]`, `[b, kv_heads, t, hd]`.
+    fn qkv(
+        &self,
+        h: Tensor<3>,
+        (heads, kv_heads, hd): (usize, usize, usize),
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [b, t, _] = h.dims();
+        let q = self
+            .q_proj
+            .forward(h.clone())
+            .reshape([b, t, heads, hd])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(h.clone())
+            .reshape([b, t, kv_heads, hd])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(h)
+            .reshape([b, t, kv_heads, hd])
+            .swap_dims(1, 2);
+        let q = apply_rope(q, cos.clone(), sin.clone());
+        let k = apply_rope(k, cos.clone(), sin.clone());
+        (q, k, v)
+    }
+}
+
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp {
@@ -375,26 +407,8 @@ impl Llama {
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let a = &layer.self_attn;
-            // [b, heads, t, hd]
-            let q = a
-                .q_proj
-                .forward(h.clone())
-                .reshape([b, t, heads, hd])
-                .swap_dims(1, 2);
-            // [b, kv_heads, t, hd]
-            let k = a
-                .k_proj
-                .forward(h.clone())
-                .reshape([b, t, kv_heads, hd])
-                .swap_dims(1, 2);
-            let v = a
-                .v_proj
-                .forward(h)
-                .reshape([b, t, kv_heads, hd])
-                .swap_dims(1, 2);
-            let q = apply_rope(q, cos.clone(), sin.clone());
-            let mut k = apply_rope(k, cos.clone(), sin.clone());
-            let mut v = v;
+            // q: [b, heads, t, hd]; k, v: [b, kv_heads, t, hd]
+            let (q, mut k, mut v) = a.qkv(h, (heads, kv_heads, hd), &cos, &sin);
             if let Some(kv) = cache.as_deref_mut() {
                 if let Some((pk, pv)) = kv.layers[li].take() {
                     k = Tensor::cat(vec![pk, k], 2);
@@ -586,23 +600,7 @@ impl Llama {
         for layer in &self.layers {
             let h = layer.input_layernorm.forward(x.clone());
             let a = &layer.self_attn;
-            let q = a
-                .q_proj
-                .forward(h.clone())
-                .reshape([b, t, heads, hd])
-                .swap_dims(1, 2);
-            let k = a
-                .k_proj
-                .forward(h.clone())
-                .reshape([b, t, kv_heads, hd])
-                .swap_dims(1, 2);
-            let v = a
-                .v_proj
-                .forward(h)
-                .reshape([b, t, kv_heads, hd])
-                .swap_dims(1, 2);
-            let q = apply_rope(q, cos.clone(), sin.clone());
-            let k = apply_rope(k, cos.clone(), sin.clone());
+            let (q, k, v) = a.qkv(h, (heads, kv_heads, hd), &cos, &sin);
             let (o, lse, _) = attend_blockwise(q.clone(), k.clone(), v, 0, blocks, false);
             let sums = distance_sums(q, k, lse, 0, blocks, max_d);
             let mut layer_sums = vec![vec![0f64; nb]; heads];
