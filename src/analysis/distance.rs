@@ -231,27 +231,7 @@ impl DistanceProfile {
         &mut self,
         probs: &[T],
     ) -> Result<(), AnalysisError> {
-        const WHAT: &str = "attention row";
-        if probs.is_empty() {
-            return Err(AnalysisError::Empty { what: WHAT });
-        }
-        for (index, &p) in probs.iter().enumerate() {
-            let p: f64 = p.into();
-            if !p.is_finite() {
-                return Err(AnalysisError::NonFinite {
-                    what: WHAT,
-                    index,
-                    value: p,
-                });
-            }
-            if p < 0.0 {
-                return Err(AnalysisError::Negative {
-                    what: WHAT,
-                    index,
-                    value: p,
-                });
-            }
-        }
+        super::check_weights("attention row", probs)?;
         let query = probs.len() - 1;
         let nb = self.buckets.count_for_max_distance(query as u64);
         self.ensure(nb);

@@ -25,28 +25,8 @@ use super::AnalysisError;
 /// Errors: an empty row, a negative or non-finite entry, or a row summing to zero.
 pub fn entropy_of_probs<T: Copy + Into<f64>>(probs: &[T]) -> Result<f64, AnalysisError> {
     const WHAT: &str = "probability row";
-    if probs.is_empty() {
-        return Err(AnalysisError::Empty { what: WHAT });
-    }
-    let mut sum = 0.0;
-    for (index, &p) in probs.iter().enumerate() {
-        let p: f64 = p.into();
-        if !p.is_finite() {
-            return Err(AnalysisError::NonFinite {
-                what: WHAT,
-                index,
-                value: p,
-            });
-        }
-        if p < 0.0 {
-            return Err(AnalysisError::Negative {
-                what: WHAT,
-                index,
-                value: p,
-            });
-        }
-        sum += p;
-    }
+    super::check_weights(WHAT, probs)?;
+    let sum: f64 = probs.iter().map(|&p| p.into()).sum();
     if sum <= 0.0 {
         return Err(AnalysisError::ZeroMass { what: WHAT });
     }

@@ -71,3 +71,24 @@ pub(crate) fn check_finite(what: &'static str, values: &[f64]) -> Result<(), Ana
         None => Ok(()),
     }
 }
+
+/// Checks a row of probabilities or weights: not empty, every entry finite and non-negative,
+/// naming the first offending entry.
+pub(crate) fn check_weights<T: Copy + Into<f64>>(
+    what: &'static str,
+    values: &[T],
+) -> Result<(), AnalysisError> {
+    if values.is_empty() {
+        return Err(AnalysisError::Empty { what });
+    }
+    for (index, &v) in values.iter().enumerate() {
+        let value: f64 = v.into();
+        if !value.is_finite() {
+            return Err(AnalysisError::NonFinite { what, index, value });
+        }
+        if value < 0.0 {
+            return Err(AnalysisError::Negative { what, index, value });
+        }
+    }
+    Ok(())
+}
