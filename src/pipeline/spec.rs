@@ -371,7 +371,28 @@ fn serde_error(
 ) -> SpecError {
     let span = e.span().unwrap_or(fallback);
     let key = key_at(root, span.start, "").unwrap_or_else(|| fallback_key.to_string());
-    source.error(span, &key, e.message().to_string())
+    // serde says "missing field `path`" at the table that lacks it: name the full key, and how
+    // to give it without editing the file (a pipeline may leave a machine-specific path out).
+    let missing = e
+        .message()
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'));
+    match missing {
+        Some(field) => {
+            let full = format!("{key}.{field}");
+            let hint = if full.contains('[') {
+                String::new()
+            } else {
+                format!(" or with `--set {full}=VALUE`")
+            };
+            source.error(
+                span,
+                &full,
+                format!("required but not given: set `{field}` in the file{hint}"),
+            )
+        }
+        None => source.error(span, &key, e.message().to_string()),
+    }
 }
 
 /// Apply `--set a.b.c=VALUE` to the document. VALUE is a TOML value, or else a bare string.
@@ -1103,6 +1124,32 @@ mod tests {
         .unwrap_or_default();
         assert!(e.starts_with("--set:1:"), "{e}");
         assert!(e.contains("stages.x.gpu"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named_in_full_with_its_set_form() {
+        let file = format!("{HEAD}[stages.x]\nkind = \"command\"\n");
+        let e = parse_str(&file, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("p.toml:3:1: `stages.x.args`"), "{e}");
+        assert!(e.contains("`--set stages.x.args=VALUE`"), "{e}");
+        // Given with --set, it parses.
+        let p = parse_str(&file, &["stages.x.args=[\"true\"]"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.stages[0].variants[0].params["args"][0], "true");
+        // Inside a matrix entry there is no `--set` form to suggest.
+        let e = parse_str(
+            &format!(
+                "{HEAD}[stages.x]\nkind = \"data_prep\"\n[[stages.x.matrix.source]]\ntext = {{ separator = \"\\n\" }}\n"
+            ),
+            &[],
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("required but not given"), "{e}");
+        assert!(!e.contains("--set"), "{e}");
     }
 
     struct Fixed;
