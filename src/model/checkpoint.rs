@@ -543,6 +543,29 @@ pub fn inspect_checkpoint(dir: &Path) -> Result<CheckpointInfo> {
             ));
         }
     }
+    Ok(CheckpointInfo {
+        config,
+        files: model_files(dir, weights),
+    })
+}
+
+/// The files of a checkpoint directory that define the model: config.json, the safetensors
+/// index and shards (or model.safetensors), and the [`OPTIONAL_FILES`] present; sorted. Nothing
+/// else in the directory (a `.git`, PyTorch `.bin` copies of the weights, a README) counts, so
+/// these are what a cache key hashes. Checks only that the weights are named, not their shapes
+/// ([`inspect_checkpoint`] does).
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        return Err(ModelError::checkpoint(
+            dir,
+            "no config.json (a Hugging Face checkpoint directory holds config.json and safetensors weights)",
+        ));
+    }
+    Ok(model_files(dir, weight_files(dir)?))
+}
+
+fn model_files(dir: &Path, weights: Vec<PathBuf>) -> Vec<PathBuf> {
     let mut files = vec![dir.join("config.json")];
     if dir.join(INDEX_FILE).is_file() {
         files.push(dir.join(INDEX_FILE));
@@ -556,7 +579,7 @@ pub fn inspect_checkpoint(dir: &Path) -> Result<CheckpointInfo> {
     );
     files.sort();
     files.dedup();
-    Ok(CheckpointInfo { config, files })
+    files
 }
 
 /// Validate `src` ([`inspect_checkpoint`]) and copy its model files into `dst` (created if

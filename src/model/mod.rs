@@ -14,7 +14,7 @@ pub mod rope;
 
 pub use attention::AttentionBlocks;
 pub use checkpoint::{
-    CheckpointInfo, import_checkpoint, inspect_checkpoint, load_llama, save_llama,
+    CheckpointInfo, checkpoint_files, import_checkpoint, inspect_checkpoint, load_llama, save_llama,
 };
 pub use config::{HfLayout, LlamaConfig};
 pub use error::{ModelError, Result};

@@ -1,8 +1,12 @@
 //! The `model` stage kind: a Hugging Face checkpoint directory the user already has, imported
 //! into the cache so that train and eval stages can start from a real model.
 //!
-//! The directory's files are part of the key (hashed by content, memoised by size and mtime), so
+//! The checkpoint's files are part of the key (hashed by content, memoised by size and mtime), so
 //! replacing the checkpoint re-imports it and everything downstream, and touching it does not.
+//! Only the files the import reads count (config.json, the safetensors and their index, the
+//! tokenizer files): a hub download or clone also holds a `.git`, PyTorch `.bin` copies of the
+//! weights and a README: hashing them would double the work, and git rewriting its own files
+//! would look like a new model.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Needs, StageKind};
-use crate::model::import_checkpoint;
+use crate::model::{checkpoint_files, import_checkpoint};
 
 /// Imports a checkpoint directory (config.json, safetensors, optional tokenizer.json).
 pub struct Model;
@@ -35,8 +39,18 @@ impl StageKind for Model {
         Needs::Fixed(&[])
     }
 
-    fn inputs(params: &ModelParams, _pipeline_dir: &Path) -> Vec<PathBuf> {
-        vec![params.path.clone()]
+    fn inputs(params: &ModelParams, pipeline_dir: &Path) -> Vec<PathBuf> {
+        // Named as the user wrote the path (relative to the pipeline file, or absolute). A
+        // directory that is not a checkpoint is hashed whole, so that a missing one fails
+        // before anything runs and a broken one fails in `run` with the import's message.
+        match checkpoint_files(&pipeline_dir.join(&params.path)) {
+            Ok(files) => files
+                .iter()
+                .filter_map(|f| f.file_name())
+                .map(|name| params.path.join(name))
+                .collect(),
+            Err(_) => vec![params.path.clone()],
+        }
     }
 
     fn device_sensitive(_params: &ModelParams) -> bool {

@@ -92,3 +92,30 @@ fn a_missing_or_broken_checkpoint_fails_naming_the_directory() {
         "a failed import left a cache entry"
     );
 }
+
+#[test]
+fn only_the_checkpoint_files_are_part_of_the_key() {
+    let p = Project::new();
+    let ckpt = checkpoint_in(&p);
+    std::fs::write(ckpt.join("tokenizer.json"), r#"{"v": 1}"#).unwrap();
+    let file = p.write(
+        "m.toml",
+        &format!("{HEAD}[stages.m]\nkind = \"model\"\npath = \"ckpt\"\n"),
+    );
+    let file = file.to_str().unwrap();
+    p.ok(&["run", file]);
+    // What a hub download or clone holds besides the model is not part of the key.
+    std::fs::create_dir_all(ckpt.join(".git")).unwrap();
+    std::fs::write(ckpt.join(".git/index"), "x").unwrap();
+    std::fs::write(ckpt.join("pytorch_model.bin"), "the weights again").unwrap();
+    std::fs::write(ckpt.join("README.md"), "# a model").unwrap();
+    let status = p.ok(&["status", file]);
+    assert!(status.contains("cached"), "{status}");
+    std::fs::write(ckpt.join(".git/index"), "y").unwrap();
+    assert!(p.ok(&["status", file]).contains("cached"));
+    // The tokenizer is imported with the model: editing it is a change, named by its file.
+    std::fs::write(ckpt.join("tokenizer.json"), r#"{"v": 2}"#).unwrap();
+    let status = p.ok(&["status", file]);
+    assert!(status.contains("stale"), "{status}");
+    assert!(status.contains("ckpt/tokenizer.json"), "{status}");
+}
