@@ -2,5 +2,6 @@
 
 mod model_stage;
 mod quickstart;
+mod real_model;
 mod report_stage;
 mod train_stage;
