@@ -83,7 +83,7 @@ impl NeedleTemplate {
     pub fn passkey_synthetic() -> Self {
         NeedleTemplate {
             instruction: String::new(),
-            needle: " the pass key is {value} .".into(),
+            needle: " the pass key is {value} . remember it . {value} is the pass key .".into(),
             question: " what is the pass key ? the pass key is".into(),
             answer: " {value}".into(),
             value_digits: 5,

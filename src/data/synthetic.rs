@@ -5,9 +5,11 @@
 //! words, plus structure whose tokens can only be predicted from far back:
 //! - key-value documents: `define kaxo = 7 3 1 ;` records recalled later as `kaxo is 7 3 1 .`,
 //!   at distances drawn log-uniformly, inside nested `section NAME : ... end section NAME .`;
-//! - passkey documents: episodes `the pass key is 4 0 9 1 7 .`, filler, then
-//!   `what is the pass key ? the pass key is 4 0 9 1 7 .`, with episode lengths spread over every
-//!   scale up to the document length (short ones teach retrieval at the training length).
+//! - passkey documents: episodes `the pass key is 4 0 9 1 7 . remember it . 4 0 9 1 7 is the pass
+//!   key .` (the YaRN/landmark needle, whose repeated key also gives the model short copies to
+//!   learn copying from), filler, then `what is the pass key ? the pass key is 4 0 9 1 7 .`, with
+//!   episode lengths spread over every scale up to the document length (short ones teach
+//!   retrieval at the training length).
 //!
 //! Every token that is a long-range recall carries a mark (see [`marks`]) so that evaluation can
 //! report the NLL of recalled tokens ("copy PPL") next to the overall perplexity.
@@ -86,7 +88,7 @@ impl SyntheticParams {
             return Err(DataError::param(
                 &key("min_tokens"),
                 format!(
-                    "{} is below 48 (a passkey episode needs about 40 words)",
+                    "{} is below 48 (a passkey episode needs about 47 words)",
                     self.min_tokens
                 ),
             ));
@@ -148,8 +150,9 @@ pub struct SyntheticDoc {
 }
 
 const LANGUAGE_SEED: u64 = 0x5eed_1a96_0a9e_2024;
-const STRUCTURE: [&str; 13] = [
+const STRUCTURE: [&str; 15] = [
     "the", "pass", "key", "is", "what", "?", ".", "define", "=", ";", "section", ":", "end",
+    "remember", "it",
 ];
 const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 const SUCCESSORS: usize = 16;
@@ -476,7 +479,7 @@ impl SyntheticCorpus {
 
     /// Words of one passkey episode besides its filler.
     fn episode_overhead(&self) -> usize {
-        16 + 2 * self.params.passkey_digits
+        24 + 3 * self.params.passkey_digits
     }
 
     fn passkey_document(&self, rng: &mut impl Rng, len: usize) -> SyntheticDoc {
@@ -510,7 +513,15 @@ impl SyntheticCorpus {
             for d in &key {
                 b.push(d);
             }
-            b.push(".");
+            for w in [".", "remember", "it", "."] {
+                b.push(w);
+            }
+            for d in &key {
+                b.push(d);
+            }
+            for w in ["is", "the", "pass", "key", "."] {
+                b.push(w);
+            }
             self.filler_exact(&mut b, rng, filler - before);
             for w in [
                 "what", "is", "the", "pass", "key", "?", "the", "pass", "key", "is",
@@ -554,7 +565,7 @@ mod tests {
         let v = c.vocabulary();
         let set: std::collections::HashSet<_> = v.iter().collect();
         assert_eq!(set.len(), v.len());
-        assert_eq!(v.len(), 13 + 10 + 256 + 128);
+        assert_eq!(v.len(), 15 + 10 + 256 + 128);
         for i in 0..20 {
             for w in c.document(1, i).text.split(' ') {
                 assert!(set.contains(&w.to_string()), "{w}");

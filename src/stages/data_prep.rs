@@ -17,12 +17,16 @@ pub struct DataPrep;
 
 impl StageKind for DataPrep {
     const KIND: &'static str = "data_prep";
-    const VERSION: u32 = FORMAT_VERSION;
+    /// The file format plus the synthetic generator's revision: a new corpus or haystack form must
+    /// not be served from an old cache entry. 2: the passkey needle repeats its key (YaRN form).
+    const VERSION: u32 = FORMAT_VERSION * 100 + 2;
     type Params = DataPrepParams;
 
     fn needs() -> Needs {
-        // `tokenizer = { from = "model" }` reads the tokenizer.json of this need.
-        Needs::Fixed(const { &[NeedDecl::optional("model")] })
+        // `tokenizer = { from = "model" }` (or `"tokenizer"`: another data stage, so that a
+        // pretraining corpus and a long-document corpus share one vocabulary) reads the
+        // tokenizer.json of that need.
+        Needs::Fixed(const { &[NeedDecl::optional("model"), NeedDecl::optional("tokenizer")] })
     }
 
     fn inputs(params: &DataPrepParams, pipeline_dir: &Path) -> Vec<PathBuf> {

@@ -9,6 +9,8 @@ use crate::runner::Project;
 
 /// Overrides that keep the quickstart's shape (every stage, every instance) at toy size.
 const SHRINK: &[&str] = &[
+    "stages.pretrain_data.source.synthetic.documents=200",
+    "stages.pretrain_data.split.valid_documents=10",
     "stages.data.source.synthetic.documents=80",
     "stages.data.source.synthetic.max_tokens=300",
     "stages.data.split.valid_documents=4",
@@ -62,6 +64,14 @@ fn the_quickstart_runs_every_stage_kind_end_to_end() {
             "results/quickstart/{table}.parquet is missing"
         );
     }
+    // Both corpora went through one tokenizer: the long-document corpus took the pretraining
+    // corpus's tokenizer.json (`tokenizer = { from = "tokenizer" }`).
+    let vocab = data_stats_vocab(&results.join("data_stats.parquet"));
+    let instances: std::collections::BTreeSet<&str> =
+        vocab.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(instances, ["data", "pretrain_data"].into(), "{vocab:?}");
+    assert!(vocab.windows(2).all(|w| w[0].1 == w[1].1), "{vocab:?}");
+
     // One training log per train instance: base and the four extensions.
     let train = read_results::<TrainLogRow>(&results.join("train_log.parquet")).unwrap();
     let mut instances: Vec<&str> = train.iter().map(|r| r.instance.as_str()).collect();
@@ -118,4 +128,32 @@ fn the_quickstart_runs_every_stage_kind_end_to_end() {
     // A second run builds nothing.
     let again = p.ok(&args);
     assert!(again.contains("0 built"), "{again}");
+}
+
+/// (instance, tokenizer vocabulary size) of every row of a data_stats table.
+fn data_stats_vocab(path: &Path) -> Vec<(String, u64)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::UInt64Type;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = vec![];
+    for batch in reader {
+        let batch = batch.unwrap();
+        let instance = arrow::compute::cast(
+            batch.column_by_name("instance").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let instance = instance.as_string::<i32>();
+        let vocab = batch.column_by_name("vocab_size").unwrap();
+        let vocab = vocab.as_primitive::<UInt64Type>();
+        for i in 0..batch.num_rows() {
+            assert!(!vocab.is_null(i));
+            rows.push((instance.value(i).to_string(), vocab.value(i)));
+        }
+    }
+    rows
 }

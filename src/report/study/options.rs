@@ -42,7 +42,7 @@ pub struct ReportOptions {
     /// A label built from matrix columns, e.g. `"{rope_type} x{factor}"`; used when every
     /// placeholder has a value. Without it, labels follow the built-in rule: `rope_type`
     /// (`linear` -> `PI`, `ntk` -> `NTK`, `yarn` -> `YaRN`, `default` -> `RoPE unchanged`, ...)
-    /// and ` x<factor>`, or `NTK b=<rope_theta>`; else the matrix entry's name.
+    /// and ` x<factor>`, or `NTK b=<base or rope_theta>`; else the matrix entry's name.
     pub label_template: Option<String>,
     /// Matrix axes of the evaluation stages themselves (not of the model they evaluate), e.g.
     /// `["task"]` for a needle stage with `matrix.task`: their labels are removed from instance
@@ -287,7 +287,10 @@ pub fn method_label(
         if name == "RoPE unchanged" {
             return name;
         }
-        let theta = get("rope_theta").or_else(|| get("theta"));
+        // An NTK entry names its enlarged base as `base` (ropelens) or `rope_theta`/`theta`.
+        let theta = get("base")
+            .or_else(|| get("rope_theta"))
+            .or_else(|| get("theta"));
         if t == "ntk"
             && let Some(b) = theta.and_then(|v| v.as_f64())
         {
@@ -387,6 +390,12 @@ mod tests {
         assert_eq!(method_label(&opts, "pi", "ppl@pi", &pi), "PI x8");
         let ntk = m(&[("rope_type", json!("ntk")), ("rope_theta", json!(100000.0))]);
         assert_eq!(method_label(&opts, "ntk", "ppl@ntk", &ntk), "NTK b=1e5");
+        // ropelens' own key for an explicit NTK base.
+        let ntk_base = m(&[("rope_type", json!("ntk")), ("base", json!(160000.0))]);
+        assert_eq!(
+            method_label(&opts, "ntk_b", "ppl@ntk_b", &ntk_base),
+            "NTK b=1.6e5"
+        );
         let plain = m(&[("rope_type", json!("default"))]);
         assert_eq!(
             method_label(&opts, "plain", "ppl@plain", &plain),
