@@ -18,6 +18,7 @@ pub mod optim;
 pub mod params;
 pub mod run;
 pub mod schedule;
+pub mod shards;
 pub mod source;
 
 pub use error::{Result, TrainError};
@@ -28,4 +29,5 @@ pub use params::{
 };
 pub use run::{TrainJob, TrainOutput, train, validation_loss};
 pub use schedule::LrSchedule;
+pub use shards::Shards;
 pub use source::{BatchSource, TokenWindows};

@@ -42,6 +42,17 @@ impl Grads {
         model.visit(&mut v);
     }
 
+    /// Add the gradients of another shard of the same batch (same model, same paths).
+    pub fn merge(&mut self, other: Grads) {
+        for (path, g) in other.by_path {
+            let sum = match self.by_path.remove(&path) {
+                Some(prev) => prev + g,
+                None => g,
+            };
+            self.by_path.insert(path, sum);
+        }
+    }
+
     /// The global L2 norm over every gradient (one device sync).
     pub fn norm(&self) -> f64 {
         let sq: Vec<Tensor<1>> = self
@@ -54,6 +65,14 @@ impl Grads {
         }
         let total = Tensor::cat(sq, 0).sum();
         (to_f32_vec(total)[0] as f64).sqrt()
+    }
+
+    /// Every gradient as (parameter path, flattened values), in path order.
+    pub fn values(&self) -> Vec<(String, Vec<f32>)> {
+        self.by_path
+            .iter()
+            .map(|(p, g)| (p.clone(), to_f32_vec(g.clone())))
+            .collect()
     }
 
     /// Number of parameters with a gradient.
@@ -421,6 +440,27 @@ impl<F: FnMut(&str, usize) -> Edit> ModuleMapper for PathMapper<F> {
                 Param::from_mapped_value(id, t, mapper)
             }
         }
+    }
+}
+
+/// A copy of `model` whose trainable parameters are fresh autodiff leaves (same values, same
+/// ids, frozen ones untouched). burn's autodiff keeps graphs that share a node in one graph
+/// behind one mutex, so shards of a batch differentiated through the same leaves would run
+/// their backward passes one at a time; through their own leaves they run in parallel.
+pub fn fork_leaves(model: &Llama) -> Llama {
+    model.clone().map(&mut LeafForker)
+}
+
+struct LeafForker;
+
+impl ModuleMapper for LeafForker {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !param.val().is_require_grad() {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        let leaf = Tensor::from_inner(tensor.inner()).require_grad();
+        Param::from_mapped_value(id, leaf, mapper)
     }
 }
 

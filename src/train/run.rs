@@ -20,6 +20,7 @@ use super::error::{Result, TrainError};
 use super::optim::{AdamW, Grads, freeze};
 use super::params::TrainParams;
 use super::schedule::LrSchedule;
+use super::shards::Shards;
 use super::source::BatchSource;
 use crate::model::llama::to_f32_vec;
 use crate::model::{HfLayout, Llama, ids_tensor, load_llama};
@@ -188,6 +189,7 @@ pub fn train(
     let (session_step0, session_tokens0, elapsed0) = (state.step, state.tokens, state.elapsed_s);
     let (mut log_tokens, mut log_elapsed) = (state.tokens, state.elapsed_s);
     let rows = p.batch_size;
+    let shards = Shards::new(rows, window, p.grad_accum);
 
     while state.step < total {
         let step = state.step + 1;
@@ -202,27 +204,17 @@ pub fn train(
                     tokens.len()
                 )));
             }
-            let data: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-            // [rows, seq_len + 1]
-            let ids = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(
-                burn::tensor::TensorData::new(data, [rows, window]),
-                &device,
-            );
-            let loss = model.lm_loss(ids)?;
-            let value = to_f32_vec(loss.clone())[0] as f64;
+            let (value, g) = shards.loss_and_grads(&model, &tokens, &device)?;
             if !value.is_finite() {
                 return Err(diverged(step, "loss", value, &last_ckpt));
             }
             loss_sum += value;
-            let loss = if p.grad_accum > 1 {
-                loss.div_scalar(p.grad_accum as f64)
-            } else {
-                loss
-            };
-            let mut g = loss.backward();
-            grads.accumulate(&model, &mut g);
+            grads.merge(g);
         }
-        let loss = loss_sum / p.grad_accum as f64;
+        // Logged at f32 precision (the precision it was computed in): a mean of shard losses has
+        // more bits than state.json's float parsing (serde_json without `float_roundtrip`) keeps,
+        // and a resumed run must log the same numbers as an uninterrupted one.
+        let loss = (loss_sum / p.grad_accum as f64) as f32 as f64;
         let norm = grads.norm();
         if !norm.is_finite() {
             return Err(diverged(step, "grad_norm", norm, &last_ckpt));

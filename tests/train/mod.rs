@@ -423,3 +423,39 @@ fn attention_learns_to_copy_from_earlier_in_the_window() {
     let mean = tail.iter().sum::<f64>() / tail.len() as f64;
     assert!(mean < 3.3, "no copying learnt: {losses:?}");
 }
+
+/// A batch split into shards that run in parallel (one per thread) gives the loss and the
+/// gradients of the whole batch: the same mean, up to float summation order.
+#[test]
+fn sharded_step_equals_the_whole_batch() {
+    let m = model(3);
+    let device = m.device();
+    let s = stream(2000);
+    let (rows, window) = (7, 17);
+    let tokens: Vec<u32> = (0..rows)
+        .flat_map(|r| s[r * 50..r * 50 + window].to_vec())
+        .collect();
+    for accum in [1, 3] {
+        let whole = ropelens::train::Shards::with_count(rows, window, accum, 1);
+        let (loss1, g1) = whole.loss_and_grads(&m, &tokens, &device).unwrap();
+        for count in [2, 3, 7] {
+            let split = ropelens::train::Shards::with_count(rows, window, accum, count);
+            assert_eq!(split.len(), count);
+            let (loss2, g2) = split.loss_and_grads(&m, &tokens, &device).unwrap();
+            assert!((loss1 - loss2).abs() < 1e-6, "{count} shards: {loss1} vs {loss2}");
+            let (g1, g2) = (g1.values(), g2.values());
+            assert_eq!(g1.len(), g2.len());
+            assert!(!g1.is_empty());
+            for ((p1, v1), (p2, v2)) in g1.iter().zip(&g2) {
+                assert_eq!(p1, p2);
+                let scale = v1.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-3);
+                let diff = v1.iter().zip(v2).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(diff <= 1e-5 * scale, "{count} shards, {p1}: {diff} (max {scale})");
+            }
+            // Twice the same: bit for bit.
+            let (loss3, g3) = split.loss_and_grads(&m, &tokens, &device).unwrap();
+            assert_eq!(loss2.to_bits(), loss3.to_bits());
+            assert_eq!(g2, g3.values());
+        }
+    }
+}
