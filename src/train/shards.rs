@@ -95,7 +95,14 @@ impl Shards {
         if let [(start, end)] = self.bounds[..] {
             // One shard: the model's own leaves, as a plain step.
             let scale = Scale::Div(self.grad_accum as f64);
-            return shard_step(model, self.slice(tokens, start, end), end - start, self, scale, device);
+            return shard_step(
+                model,
+                self.slice(tokens, start, end),
+                end - start,
+                self,
+                scale,
+                device,
+            );
         }
         let work = |start: usize, end: usize| {
             let fork = fork_leaves(model);

@@ -5,3 +5,93 @@ mod quickstart;
 mod real_model;
 mod report_stage;
 mod train_stage;
+
+use std::path::Path;
+
+/// The tables every study pipeline (data, train, ppl, needle, attention) publishes.
+const STUDY_TABLES: [&str; 10] = [
+    "data_stats",
+    "train_log",
+    "val_log",
+    "ppl",
+    "needle",
+    "needle_entropy",
+    "entropy_vs_error",
+    "attention_entropy",
+    "attention_distance",
+    "attention_divergence",
+];
+
+/// Asserts that `results` (a `results/<pipeline>/` directory) holds every study table.
+fn assert_study_tables(results: &Path) {
+    for table in STUDY_TABLES {
+        assert!(
+            results.join(format!("{table}.parquet")).is_file(),
+            "{}/{table}.parquet is missing",
+            results.display()
+        );
+    }
+}
+
+/// (instance, tokenizer vocabulary size) of every row of a `data_stats` table.
+fn data_stats_vocab(results: &Path) -> Vec<(String, i64)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Int64Type};
+    let (schema, batches) =
+        ropelens::pipeline::results::read_parquet(&results.join("data_stats.parquet")).unwrap();
+    let stats = arrow::compute::concat_batches(&schema, &batches).unwrap();
+    let column = |name: &str, ty: &DataType| {
+        arrow::compute::cast(stats.column_by_name(name).unwrap(), ty).unwrap()
+    };
+    let instance = column("instance", &DataType::Utf8);
+    let vocab = column("vocab_size", &DataType::Int64);
+    let (instance, vocab) = (
+        instance.as_string::<i32>(),
+        vocab.as_primitive::<Int64Type>(),
+    );
+    (0..stats.num_rows())
+        .map(|i| {
+            assert!(!vocab.is_null(i));
+            (instance.value(i).to_string(), vocab.value(i))
+        })
+        .collect()
+}
+
+/// Every pipeline file shipped in `pipelines/` parses, names only keys that exist and forms a
+/// DAG; the paper-small study has its full shape (too long to run in a test: it is run by hand
+/// and its results are committed).
+#[test]
+fn every_pipeline_in_the_repository_validates() {
+    let p = crate::runner::Project::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/default");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let file = path.to_str().unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        // real-model.toml leaves its two paths to the user on purpose.
+        let model = format!("stages.model.path={}", fixture.display());
+        let corpus = format!("stages.data.source.text.path={}", p.path().display());
+        let mut args = vec!["validate", file];
+        if name == "real-model.toml" {
+            args.extend(["--set", &model, "--set", &corpus]);
+        }
+        let out = p.ok(&args);
+        assert!(out.contains(": ok ("), "{name}: {out}");
+        if name == "paper-small.toml" {
+            // 2 corpora, 2 seeds x (base, 7 extensions, 2 ablation arms, and their evaluations
+            // of 3 kinds), one report.
+            assert!(out.contains("(15 stages, 83 instances)"), "{out}");
+        }
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["paper-small.toml", "quickstart.toml", "real-model.toml"]
+    );
+}

@@ -46,27 +46,11 @@ fn the_quickstart_runs_every_stage_kind_end_to_end() {
     p.ok(&args);
 
     let results = p.path().join("results/quickstart");
-    for table in [
-        "runs",
-        "data_stats",
-        "train_log",
-        "val_log",
-        "ppl",
-        "needle",
-        "needle_entropy",
-        "entropy_vs_error",
-        "attention_entropy",
-        "attention_distance",
-        "attention_divergence",
-    ] {
-        assert!(
-            results.join(format!("{table}.parquet")).is_file(),
-            "results/quickstart/{table}.parquet is missing"
-        );
-    }
+    assert!(results.join("runs.parquet").is_file());
+    super::assert_study_tables(&results);
     // Both corpora went through one tokenizer: the long-document corpus took the pretraining
     // corpus's tokenizer.json (`tokenizer = { from = "tokenizer" }`).
-    let vocab = data_stats_vocab(&results.join("data_stats.parquet"));
+    let vocab = super::data_stats_vocab(&results);
     let instances: std::collections::BTreeSet<&str> =
         vocab.iter().map(|(i, _)| i.as_str()).collect();
     assert_eq!(instances, ["data", "pretrain_data"].into(), "{vocab:?}");
@@ -128,32 +112,4 @@ fn the_quickstart_runs_every_stage_kind_end_to_end() {
     // A second run builds nothing.
     let again = p.ok(&args);
     assert!(again.contains("0 built"), "{again}");
-}
-
-/// (instance, tokenizer vocabulary size) of every row of a data_stats table.
-fn data_stats_vocab(path: &Path) -> Vec<(String, u64)> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::UInt64Type;
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut rows = vec![];
-    for batch in reader {
-        let batch = batch.unwrap();
-        let instance = arrow::compute::cast(
-            batch.column_by_name("instance").unwrap(),
-            &arrow::datatypes::DataType::Utf8,
-        )
-        .unwrap();
-        let instance = instance.as_string::<i32>();
-        let vocab = batch.column_by_name("vocab_size").unwrap();
-        let vocab = vocab.as_primitive::<UInt64Type>();
-        for i in 0..batch.num_rows() {
-            assert!(!vocab.is_null(i));
-            rows.push((instance.value(i).to_string(), vocab.value(i)));
-        }
-    }
-    rows
 }

@@ -314,37 +314,14 @@ fn the_real_model_pipeline_runs_on_a_tiny_checkpoint_and_corpus() {
         }
     }
 
-    for table in [
-        "data_stats",
-        "train_log",
-        "val_log",
-        "ppl",
-        "needle",
-        "needle_entropy",
-        "entropy_vs_error",
-        "attention_entropy",
-        "attention_distance",
-        "attention_divergence",
-    ] {
-        assert!(
-            results.join(format!("{table}.parquet")).is_file(),
-            "results/real-model/{table}.parquet is missing"
-        );
-    }
+    super::assert_study_tables(&results);
 
     // The data was tokenized with the checkpoint's own tokenizer (a BPE trained here would
     // have at least 300 tokens).
-    let (schema, batches) = read_parquet(&results.join("data_stats.parquet")).unwrap();
-    let stats = arrow::compute::concat_batches(&schema, &batches).unwrap();
-    let vocab = arrow::compute::cast(
-        stats.column_by_name("vocab_size").unwrap(),
-        &arrow::datatypes::DataType::Int64,
-    )
-    .unwrap();
-    let vocab = arrow::array::cast::as_primitive_array::<arrow::datatypes::Int64Type>(&vocab);
+    let vocab = super::data_stats_vocab(&results);
     assert_eq!(vocab.len(), 2);
     assert!(
-        vocab.values().iter().all(|&v| v == 16 + WORDS.len() as i64),
+        vocab.iter().all(|(_, v)| *v == 16 + WORDS.len() as i64),
         "{vocab:?}"
     );
 

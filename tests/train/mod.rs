@@ -442,15 +442,24 @@ fn sharded_step_equals_the_whole_batch() {
             let split = ropelens::train::Shards::with_count(rows, window, accum, count);
             assert_eq!(split.len(), count);
             let (loss2, g2) = split.loss_and_grads(&m, &tokens, &device).unwrap();
-            assert!((loss1 - loss2).abs() < 1e-6, "{count} shards: {loss1} vs {loss2}");
+            assert!(
+                (loss1 - loss2).abs() < 1e-6,
+                "{count} shards: {loss1} vs {loss2}"
+            );
             let (g1, g2) = (g1.values(), g2.values());
             assert_eq!(g1.len(), g2.len());
             assert!(!g1.is_empty());
             for ((p1, v1), (p2, v2)) in g1.iter().zip(&g2) {
                 assert_eq!(p1, p2);
                 let scale = v1.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-3);
-                let diff = v1.iter().zip(v2).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
-                assert!(diff <= 1e-5 * scale, "{count} shards, {p1}: {diff} (max {scale})");
+                let diff = v1
+                    .iter()
+                    .zip(v2)
+                    .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{count} shards, {p1}: {diff} (max {scale})"
+                );
             }
             // Twice the same: bit for bit.
             let (loss3, g3) = split.loss_and_grads(&m, &tokens, &device).unwrap();
