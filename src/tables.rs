@@ -86,31 +86,26 @@ pub trait Scalar: Sized + Clone {
     fn values(array: &dyn Array) -> Vec<Option<Self>>;
 }
 
-impl Scalar for i64 {
-    fn data_type() -> DataType {
-        DataType::Int64
-    }
-    const TYPE_NAME: &'static str = "int64";
-    fn array(values: Vec<Option<Self>>) -> ArrayRef {
-        Arc::new(Int64Array::from(values))
-    }
-    fn values(array: &dyn Array) -> Vec<Option<Self>> {
-        array.as_primitive::<Int64Type>().iter().collect()
-    }
+/// [`Scalar`] for a type stored as an Arrow primitive array.
+macro_rules! primitive_scalar {
+    ($t:ty, $data_type:expr, $name:literal, $array:ty, $arrow:ty) => {
+        impl Scalar for $t {
+            fn data_type() -> DataType {
+                $data_type
+            }
+            const TYPE_NAME: &'static str = $name;
+            fn array(values: Vec<Option<Self>>) -> ArrayRef {
+                Arc::new(<$array>::from(values))
+            }
+            fn values(array: &dyn Array) -> Vec<Option<Self>> {
+                array.as_primitive::<$arrow>().iter().collect()
+            }
+        }
+    };
 }
 
-impl Scalar for f64 {
-    fn data_type() -> DataType {
-        DataType::Float64
-    }
-    const TYPE_NAME: &'static str = "float64";
-    fn array(values: Vec<Option<Self>>) -> ArrayRef {
-        Arc::new(Float64Array::from(values))
-    }
-    fn values(array: &dyn Array) -> Vec<Option<Self>> {
-        array.as_primitive::<Float64Type>().iter().collect()
-    }
-}
+primitive_scalar!(i64, DataType::Int64, "int64", Int64Array, Int64Type);
+primitive_scalar!(f64, DataType::Float64, "float64", Float64Array, Float64Type);
 
 impl Scalar for String {
     fn data_type() -> DataType {

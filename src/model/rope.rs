@@ -783,14 +783,24 @@ impl Params<'_> {
         ModelError::config(self.source, key, msg)
     }
 
-    fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
+    /// The value of `key` as read by `get`: absent or null is `None`, a value `get` rejects is
+    /// an error saying what was `expected`.
+    fn typed_opt<T>(
+        &self,
+        key: &str,
+        get: impl Fn(&Value) -> Option<T>,
+        expected: &str,
+    ) -> Result<Option<T>> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
+            Some(v) => get(v)
                 .map(Some)
-                .ok_or_else(|| self.err(key, &format!("must be a number, got {v}"))),
+                .ok_or_else(|| self.err(key, &format!("{expected}, got {v}"))),
         }
+    }
+
+    fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
+        self.typed_opt(key, Value::as_f64, "must be a number")
     }
 
     /// transformers reads beta_fast/beta_slow with `or`: 0 and null mean the default.
@@ -804,26 +814,19 @@ impl Params<'_> {
     }
 
     fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => match v.as_u64() {
-                Some(n) => Ok(Some(n as usize)),
-                None => match v.as_f64() {
-                    Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
-                    _ => Err(self.err(key, &format!("must be a non-negative integer, got {v}"))),
-                },
-            },
-        }
+        // Integers written as floats (`4096.0`) are accepted, as Python's json gives them.
+        let get = |v: &Value| {
+            v.as_u64().map(|n| n as usize).or_else(|| {
+                v.as_f64()
+                    .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                    .map(|f| f as usize)
+            })
+        };
+        self.typed_opt(key, get, "must be a non-negative integer")
     }
 
     fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(key, &format!("must be true or false, got {v}"))),
-        }
+        self.typed_opt(key, Value::as_bool, "must be true or false")
     }
 
     fn list_req(&self, key: &str) -> Result<Vec<f64>> {
