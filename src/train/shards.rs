@@ -51,7 +51,6 @@ impl Shards {
             bounds.push((start, start + len));
             start += len;
         }
-        // A pool that cannot be built (thread limit) leaves the step unsharded, not broken.
         let pools: Vec<ThreadPool> = if n > 1 {
             (0..n)
                 .map_while(|_| ThreadPoolBuilder::new().num_threads(1).build().ok())
@@ -59,12 +58,12 @@ impl Shards {
         } else {
             Vec::new()
         };
-        let bounds = if pools.len() == n {
-            bounds
+        // A pool that cannot be built (thread limit) leaves the step unsharded, not broken.
+        let (bounds, pools) = if pools.len() == n {
+            (bounds, pools)
         } else {
-            vec![(0, rows)]
+            (vec![(0, rows)], Vec::new())
         };
-        let pools = if bounds.len() > 1 { pools } else { Vec::new() };
         Shards {
             bounds,
             pools,
@@ -94,27 +93,10 @@ impl Shards {
     ) -> Result<(f64, Grads)> {
         if let [(start, end)] = self.bounds[..] {
             // One shard: the model's own leaves, as a plain step.
-            let scale = Scale::Div(self.grad_accum as f64);
-            return shard_step(
-                model,
-                self.slice(tokens, start, end),
-                end - start,
-                self,
-                scale,
-                device,
-            );
+            return self.shard_step(model, tokens, start, end, device);
         }
         let work = |start: usize, end: usize| {
-            let fork = fork_leaves(model);
-            let share = (end - start) as f64 / (self.rows * self.grad_accum) as f64;
-            shard_step(
-                &fork,
-                self.slice(tokens, start, end),
-                end - start,
-                self,
-                Scale::Mul(share),
-                device,
-            )
+            self.shard_step(&fork_leaves(model), tokens, start, end, device)
         };
         let parts: Vec<Result<(f64, Grads)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
@@ -135,49 +117,44 @@ impl Shards {
         let mut grads = Grads::default();
         for (part, &(start, end)) in parts.into_iter().zip(&self.bounds) {
             let (value, g) = part?;
-
             loss += value * (end - start) as f64 / self.rows as f64;
             grads.merge(g);
         }
         Ok((loss, grads))
     }
 
-    fn slice<'a>(&self, tokens: &'a [u32], start: usize, end: usize) -> &'a [u32] {
-        &tokens[start * self.window..end * self.window]
+    /// The loss of rows `start..end` of `tokens` under `model`, and the gradients of its share
+    /// of the step's loss: the shard's mean divided by `rows * grad_accum / shard_rows`. For one
+    /// shard that is `grad_accum`, exactly as an unsharded step divides; for two even shards it
+    /// is a power of two, so halving the loss is exact.
+    fn shard_step(
+        &self,
+        model: &Llama,
+        tokens: &[u32],
+        start: usize,
+        end: usize,
+        device: &Device,
+    ) -> Result<(f64, Grads)> {
+        let rows = end - start;
+        let data: Vec<i64> = tokens[start * self.window..end * self.window]
+            .iter()
+            .map(|&t| t as i64)
+            .collect();
+        // [rows, seq_len + 1]
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(data, [rows, self.window]), device);
+        let loss = model.lm_loss(ids)?;
+        let value = to_f32_vec(loss.clone())[0] as f64;
+        let divisor = (self.rows * self.grad_accum) as f64 / rows as f64;
+        let loss = if divisor != 1.0 {
+            loss.div_scalar(divisor)
+        } else {
+            loss
+        };
+        let mut g = loss.backward();
+        let mut grads = Grads::default();
+        grads.accumulate(model, &mut g);
+        Ok((value, grads))
     }
-}
-
-/// How a shard's loss is scaled before its backward pass.
-#[derive(Clone, Copy)]
-enum Scale {
-    /// Divide by the number of micro-batches (the unsharded step, as before sharding existed).
-    Div(f64),
-    /// Multiply by the shard's share of the step's rows.
-    Mul(f64),
-}
-
-fn shard_step(
-    model: &Llama,
-    tokens: &[u32],
-    rows: usize,
-    shards: &Shards,
-    scale: Scale,
-    device: &Device,
-) -> Result<(f64, Grads)> {
-    let data: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    // [rows, seq_len + 1]
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(data, [rows, shards.window]), device);
-    let loss = model.lm_loss(ids)?;
-    let value = to_f32_vec(loss.clone())[0] as f64;
-    let loss = match scale {
-        Scale::Div(d) if d != 1.0 => loss.div_scalar(d),
-        Scale::Div(_) => loss,
-        Scale::Mul(m) => loss.mul_scalar(m),
-    };
-    let mut g = loss.backward();
-    let mut grads = Grads::default();
-    grads.accumulate(model, &mut g);
-    Ok((value, grads))
 }
 
 #[cfg(test)]
