@@ -51,6 +51,13 @@ fn below(h: u64, n: u64) -> u64 {
     ((h as u128 * n as u128) >> 64) as u64
 }
 
+/// Draw number `k` of the seeded stream, uniform in `0..n`: where window `k` starts. Every
+/// window sampler (this one and `train::TokenWindows`) draws this way, so that window `k`
+/// depends only on `(seed, k)` and a restored position replays the same windows.
+pub(crate) fn seeded_below(seed: u64, k: u64, n: u64) -> u64 {
+    below(hash(seed, k), n)
+}
+
 impl WindowSampler {
     /// A sampler of `window`-token windows (for next-token training at length L, ask for L + 1).
     pub fn new(

@@ -6,6 +6,7 @@
 //! the position; a resumed run sets it back and sees exactly the batches it would have seen.
 
 use super::error::{Result, TrainError};
+use crate::data::seeded_below;
 
 /// Seeded fixed-length token windows, drawn in order.
 pub trait BatchSource: Send {
@@ -17,16 +18,6 @@ pub trait BatchSource: Send {
     fn position(&self) -> u64;
     /// Continue from window number `position`.
     fn set_position(&mut self, position: u64);
-}
-
-/// SplitMix64 of `(seed, k)`: the start of window `k`.
-fn mix(seed: u64, k: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(k.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Windows at seeded random offsets of an in-memory token stream.
@@ -57,8 +48,8 @@ impl TokenWindows {
 
     /// Window number `k`.
     pub fn window_at(&self, k: u64) -> &[u32] {
-        let starts = (self.tokens.len() - self.window + 1) as u128;
-        let s = ((mix(self.seed, k) as u128 * starts) >> 64) as usize;
+        let starts = (self.tokens.len() - self.window + 1) as u64;
+        let s = seeded_below(self.seed, k, starts) as usize;
         &self.tokens[s..s + self.window]
     }
 }
