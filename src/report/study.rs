@@ -371,10 +371,21 @@ fn main_ids(study: &Study) -> Vec<&ModelId> {
         .collect()
 }
 
+/// Writes a section's heading, and when `table` is absent the reason instead of a body:
+/// whether the section has anything to show.
+fn section_heading(md: &mut String, study: &Study, heading: &str, table: &str) -> bool {
+    let _ = writeln!(md, "{heading}\n");
+    match study.absence(table) {
+        Some(why) => {
+            let _ = writeln!(md, "Not shown: {why}.\n");
+            false
+        }
+        None => true,
+    }
+}
+
 fn ppl_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: &mut Figures) {
-    let _ = writeln!(md, "## Perplexity\n");
-    if let Some(why) = study.absence("ppl") {
-        let _ = writeln!(md, "Not shown: {why}.\n");
+    if !section_heading(md, study, "## Perplexity", "ppl") {
         return;
     }
     let ids = main_ids(study);
@@ -432,9 +443,7 @@ fn ppl_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: &mut 
 }
 
 fn needle_section(md: &mut String, study: &Study, figs: &mut Figures) {
-    let _ = writeln!(md, "## Needle retrieval\n");
-    if let Some(why) = study.absence("needle") {
-        let _ = writeln!(md, "Not shown: {why}.\n");
+    if !section_heading(md, study, "## Needle retrieval", "needle") {
         return;
     }
     let ids: Vec<&ModelId> = study.models.iter().map(|m| &m.id).collect();
@@ -472,58 +481,56 @@ fn needle_section(md: &mut String, study: &Study, figs: &mut Figures) {
 fn attention_section(md: &mut String, study: &Study, figs: &mut Figures) {
     let _ = writeln!(md, "## Attention\n");
     let ids = main_ids(study);
-    let _ = writeln!(md, "### Attention by relative distance\n");
-    match study.absence("attention_distance") {
-        Some(why) => {
-            let _ = writeln!(md, "Not shown: {why}.\n");
+    if section_heading(
+        md,
+        study,
+        "### Attention by relative distance",
+        "attention_distance",
+    ) {
+        let lengths = distance_lengths(study);
+        if lengths.is_empty() {
+            let _ = writeln!(md, "No measured length to show.\n");
         }
-        None => {
-            let lengths = distance_lengths(study);
-            if lengths.is_empty() {
-                let _ = writeln!(md, "No measured length to show.\n");
-            }
-            for l in lengths {
-                if let Some(img) = figs.distance_at(study, &ids, l) {
-                    md.push_str(&img);
-                    md.push('\n');
-                }
+        for l in lengths {
+            if let Some(img) = figs.distance_at(study, &ids, l) {
+                md.push_str(&img);
+                md.push('\n');
             }
         }
     }
-    let _ = writeln!(md, "### JS divergence from the base model (Table 1)\n");
-    match study.absence("attention_divergence") {
-        Some(why) => {
-            let _ = writeln!(md, "Not shown: {why}.\n");
-        }
-        None => {
-            let mut refs: Vec<String> = study
-                .attention_divergence
-                .iter()
-                .map(|r| {
-                    format!(
-                        "`{}` at {}",
-                        r.row.reference_instance, r.row.reference_length
-                    )
-                })
-                .collect();
-            refs.sort();
-            refs.dedup();
-            let _ = writeln!(
-                md,
-                "Jensen-Shannon divergence (nats, at most ln 2 = 0.693) of each model's mean \
-                 attention-by-distance profile against {}, over the distance buckets both cover; \
-                 lower keeps the pretrained pattern (lowest in bold):\n",
-                refs.join(", ")
-            );
-            md.push_str(&spread_table(
-                study,
-                &study.js_metric(),
-                &ids,
-                4,
-                Some(true),
-            ));
-            md.push('\n');
-        }
+    if section_heading(
+        md,
+        study,
+        "### JS divergence from the base model (Table 1)",
+        "attention_divergence",
+    ) {
+        let mut refs: Vec<String> = study
+            .attention_divergence
+            .iter()
+            .map(|r| {
+                format!(
+                    "`{}` at {}",
+                    r.row.reference_instance, r.row.reference_length
+                )
+            })
+            .collect();
+        refs.sort();
+        refs.dedup();
+        let _ = writeln!(
+            md,
+            "Jensen-Shannon divergence (nats, at most ln 2 = 0.693) of each model's mean \
+             attention-by-distance profile against {}, over the distance buckets both cover; \
+             lower keeps the pretrained pattern (lowest in bold):\n",
+            refs.join(", ")
+        );
+        md.push_str(&spread_table(
+            study,
+            &study.js_metric(),
+            &ids,
+            4,
+            Some(true),
+        ));
+        md.push('\n');
     }
     let _ = writeln!(md, "### Attention entropy vs length\n");
     let (metric, what) = if study.has("attention_entropy") {
@@ -562,9 +569,7 @@ fn attention_section(md: &mut String, study: &Study, figs: &mut Figures) {
 }
 
 fn entropy_error_section(md: &mut String, study: &Study) {
-    let _ = writeln!(md, "## Entropy vs error\n");
-    if let Some(why) = study.absence("entropy_vs_error") {
-        let _ = writeln!(md, "Not shown: {why}.\n");
+    if !section_heading(md, study, "## Entropy vs error", "entropy_vs_error") {
         return;
     }
     let ci = |v: Option<f64>, lo: Option<f64>, hi: Option<f64>| match (v, lo, hi) {
@@ -630,9 +635,7 @@ fn entropy_error_section(md: &mut String, study: &Study) {
 }
 
 fn training_section(md: &mut String, study: &Study, figs: &mut Figures) {
-    let _ = writeln!(md, "## Training\n");
-    if let Some(why) = study.absence("train_log") {
-        let _ = writeln!(md, "Not shown: {why}.\n");
+    if !section_heading(md, study, "## Training", "train_log") {
         return;
     }
     let base: Vec<&ModelId> = study.group(Group::Base).iter().map(|m| &m.id).collect();
