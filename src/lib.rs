@@ -8,6 +8,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod paths;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

@@ -31,6 +31,6 @@ pub use reader::PreparedData;
 pub(crate) use sampler::seeded_below;
 pub use sampler::{EvalWindow, SampleMode, SamplerState, WindowSampler};
 pub use shards::{Dtype, TokenSplit};
-pub use stats::{DataStats, SplitStats, data_stats_schema, write_data_stats};
+pub use stats::{DataStats, SourceFiles, SplitStats, data_stats_schema, write_data_stats};
 pub use synthetic::{SyntheticCorpus, SyntheticParams, marks};
 pub use tokenizer::SpecialTokens;

@@ -15,7 +15,7 @@ use super::haystack::{FillerKind, HaystackStyle};
 use super::params::{DataPrepParams, SourceParams, SplitParams, TokenDtype, TokenizerParams};
 use super::shards::{Dtype, SplitWriter};
 use super::source::{Content, Document, read_documents, resolve_inputs};
-use super::stats::{DataStats, SplitStats, write_data_stats};
+use super::stats::{DataStats, SourceFiles, SplitStats, write_data_stats};
 use super::synthetic::SyntheticParams;
 use super::tokenizer::{
     SpecialTokens, encode_marked, encode_text, find_tokenizer_json, load_tokenizer,
@@ -57,6 +57,9 @@ pub struct Manifest {
     pub synthetic: Option<SyntheticParams>,
     pub haystack: HaystackStyle,
     pub splits: Vec<SplitStats>,
+    /// Source files skipped or repaired (absent in data.json written before it existed).
+    #[serde(default)]
+    pub source_files: SourceFiles,
 }
 
 /// The input files `prepare` will read (for the runner's content hash). Paths that do not
@@ -169,7 +172,8 @@ pub fn prepare(params: &DataPrepParams, ctx: &PrepareContext) -> Result<DataStat
     let out = &ctx.out_dir;
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
 
-    let mut docs = read_documents(&params.source, &ctx.base_dir, ctx.seed, progress)?;
+    let (mut docs, source_files) =
+        read_documents(&params.source, &ctx.base_dir, ctx.seed, progress)?;
     if docs.is_empty() {
         return Err(DataError::EmptyCorpus {
             reason: format!("the {} source produced no documents", params.source.kind()),
@@ -210,9 +214,10 @@ pub fn prepare(params: &DataPrepParams, ctx: &PrepareContext) -> Result<DataStat
                 })
                 .collect();
             if texts.is_empty() {
-                return Err(DataError::EmptyCorpus {
-                    reason: "no training documents to train the tokenizer on".into(),
-                });
+                return Err(DataError::param(
+                    "tokenizer.train_bpe",
+                    "trains on the training split, which is empty (every document went to validation): for an evaluation-only corpus give the model's tokenizer, `tokenizer = { path = .. }` or `{ from = .. }`",
+                ));
             }
             progress.start("train tokenizer", 1);
             let bos = params.bos_token.as_deref().unwrap_or("<s>");
@@ -300,11 +305,12 @@ pub fn prepare(params: &DataPrepParams, ctx: &PrepareContext) -> Result<DataStat
                 && params.filter.max_tokens.is_none_or(|m| t.ids.len() <= m)
         })
         .collect();
-    let n_train = (0..docs.len()).filter(|&i| keep[i] && !valid[i]).count();
-    if n_train == 0 {
+    // An evaluation-only corpus (every document in validation) is fine here; a train stage
+    // on it says so. Nothing at all left is an error.
+    if !keep.contains(&true) {
         return Err(DataError::EmptyCorpus {
             reason: format!(
-                "no training documents left after the split and filters (filter.min_tokens = {}, filter.max_tokens = {:?})",
+                "no documents left after the filters (filter.min_tokens = {}, filter.max_tokens = {:?})",
                 params.filter.min_tokens, params.filter.max_tokens
             ),
         });
@@ -386,7 +392,10 @@ pub fn prepare(params: &DataPrepParams, ctx: &PrepareContext) -> Result<DataStat
         _ if haystack.filler == FillerKind::Synthetic => Some(SyntheticParams::default()),
         _ => None,
     };
-    let stats = DataStats { splits };
+    let stats = DataStats {
+        splits,
+        source_files,
+    };
     write_data_stats(&out.join("metrics").join("data_stats.parquet"), &stats)?;
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -398,6 +407,7 @@ pub fn prepare(params: &DataPrepParams, ctx: &PrepareContext) -> Result<DataStat
         synthetic,
         haystack,
         splits: stats.splits.clone(),
+        source_files: stats.source_files,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| DataError::Format {
         path: out.join("data.json"),

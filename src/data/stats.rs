@@ -1,5 +1,6 @@
 //! The `data_stats` table: per split, documents, tokens, bytes, tokens per byte, document length
-//! quantiles and vocabulary size; written as metrics/data_stats.parquet (zstd, atomically).
+//! quantiles and vocabulary size, plus the source files skipped or repaired (the same on every
+//! row: they belong to no split); written as metrics/data_stats.parquet (zstd, atomically).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,10 +29,20 @@ pub struct SplitStats {
     pub vocab_size: u64,
 }
 
-/// What `prepare` returns: one row per split.
+/// Source files left out or changed while reading (text sources with `invalid_utf8`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFiles {
+    /// Files left out because they are not valid UTF-8 (`invalid_utf8 = "skip"`).
+    pub skipped: u64,
+    /// Files whose invalid UTF-8 was replaced with U+FFFD (`invalid_utf8 = "replace"`).
+    pub replaced: u64,
+}
+
+/// What `prepare` returns: one row per split, and the source files skipped or repaired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataStats {
     pub splits: Vec<SplitStats>,
+    pub source_files: SourceFiles,
 }
 
 impl SplitStats {
@@ -77,6 +88,8 @@ pub fn data_stats_schema() -> Schema {
         u("median_doc_tokens"),
         u("max_doc_tokens"),
         u("vocab_size"),
+        u("skipped_files"),
+        u("replaced_files"),
     ])
 }
 
@@ -107,6 +120,12 @@ pub fn write_data_stats(path: &Path, stats: &DataStats) -> Result<(), DataError>
             col(|x| x.median_doc_tokens),
             col(|x| x.max_doc_tokens),
             col(|x| x.vocab_size),
+            Arc::new(UInt64Array::from_iter_values(
+                s.iter().map(|_| stats.source_files.skipped),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                s.iter().map(|_| stats.source_files.replaced),
+            )),
         ],
     )
     .map_err(|e| werr(&e))?;

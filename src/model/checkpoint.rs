@@ -454,7 +454,24 @@ fn entries(model: &Llama) -> Vec<Entry> {
 /// `LlamaForCausalLM.from_pretrained(dir)`.
 pub fn save_llama(model: &Llama, dir: &Path, layout: HfLayout) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let entries = entries(model);
+    write_weights(dir, &entries(model))?;
+    model.config.save(dir, layout)
+}
+
+/// Write `dir/model.safetensors` from f32 tensors `(HF name, shape, values)`.
+pub(crate) fn write_f32_safetensors(
+    dir: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<()> {
+    let entries: Vec<Entry> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), to_bytes(v)))
+        .collect();
+    write_weights(dir, &entries)
+}
+
+/// Write `dir/model.safetensors` (f32, metadata `format = pt`).
+fn write_weights(dir: &Path, entries: &[Entry]) -> Result<()> {
     let views = entries
         .iter()
         .map(|(name, shape, bytes)| {
@@ -466,8 +483,7 @@ pub fn save_llama(model: &Llama, dir: &Path, layout: HfLayout) -> Result<()> {
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let path = dir.join(WEIGHTS_FILE);
     safetensors::tensor::serialize_to_file(views, Some(meta), &path)
-        .map_err(|e| ModelError::checkpoint(&path, format!("cannot write: {e}")))?;
-    model.config.save(dir, layout)
+        .map_err(|e| ModelError::checkpoint(&path, format!("cannot write: {e}")))
 }
 
 /// What [`inspect_checkpoint`] found.

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod llama;
 pub mod rope;
 
@@ -19,5 +20,6 @@ pub use checkpoint::{
 pub use config::{HfLayout, LlamaConfig};
 pub use error::{ModelError, Result};
 pub use generate::{GreedyOptions, GreedyOutput, greedy_decode};
+pub use gguf::{import_gguf, is_gguf};
 pub use llama::{DistanceProfile, EntropyOutput, KvCache, Llama, ids_tensor};
 pub use rope::{RopeConfig, RopeFrequencies, RopeKind, RopeScaling};

@@ -262,6 +262,7 @@ fn parse(source: &Source, set_offsets: &[usize], sets: &[String]) -> Result<Pipe
         apply_set(source, &mut root, set, offset)?;
     }
     let mut errors = Vec::new();
+    required_keys(source, &root, "", &mut errors);
     for (k, _) in root.iter() {
         if !["pipeline", "stages"].contains(&k.get_ref().as_ref()) {
             errors.push(source.error(
@@ -378,20 +379,46 @@ fn serde_error(
         .strip_prefix("missing field `")
         .and_then(|rest| rest.strip_suffix('`'));
     match missing {
-        Some(field) => {
-            let full = format!("{key}.{field}");
-            let hint = if full.contains('[') {
-                String::new()
-            } else {
-                format!(" or with `--set {full}=VALUE`")
-            };
-            source.error(
-                span,
-                &full,
-                format!("required but not given: set `{field}` in the file{hint}"),
-            )
-        }
+        Some(field) => required_error(source, span, &format!("{key}.{field}")),
         None => source.error(span, &key, e.message().to_string()),
+    }
+}
+
+/// The value a shipped pipeline file gives a key the user must set (a machine-specific path):
+/// a string, so that the file is valid against the schema and editors check the rest, while
+/// running it without `--set` is still the error naming the key, before anything runs.
+pub const REQUIRED: &str = "<required>";
+
+/// "required but not given" for the dotted key `full`, with its `--set` form.
+fn required_error(source: &Source, span: Range<usize>, full: &str) -> SpecError {
+    let field = full.rsplit('.').next().unwrap_or(full);
+    let hint = if full.contains('[') {
+        String::new()
+    } else {
+        format!(" or with `--set {full}=VALUE`")
+    };
+    source.error(
+        span,
+        full,
+        format!("required but not given: set `{field}` in the file{hint}"),
+    )
+}
+
+/// An error for every key under `table` still holding [`REQUIRED`] (after `--set`).
+fn required_keys(source: &Source, table: &DeTable<'_>, prefix: &str, errors: &mut Vec<SpecError>) {
+    for (k, v) in table.iter() {
+        let key = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        match v.get_ref() {
+            DeValue::String(s) if s.as_ref() == REQUIRED => {
+                errors.push(required_error(source, v.span(), &key))
+            }
+            DeValue::Table(t) => required_keys(source, t, &key, errors),
+            _ => {}
+        }
     }
 }
 
@@ -1124,6 +1151,23 @@ mod tests {
         .unwrap_or_default();
         assert!(e.starts_with("--set:1:"), "{e}");
         assert!(e.contains("stages.x.gpu"), "{e}");
+    }
+
+    #[test]
+    fn the_required_marker_is_an_error_until_set() {
+        let file = format!("{HEAD}[stages.m]\nkind = \"model\"\npath = \"{REQUIRED}\"\n");
+        let e = parse_str(&file, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.ends_with(
+                "`stages.m.path`: required but not given: set `path` in the file or with `--set stages.m.path=VALUE`"
+            ),
+            "{e}"
+        );
+        let p = parse_str(&file, &["stages.m.path=ckpt"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.stages[0].variants[0].params["path"], "ckpt");
     }
 
     #[test]

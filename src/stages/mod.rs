@@ -14,6 +14,7 @@ pub mod eval_needle;
 pub mod eval_ppl;
 pub mod model;
 pub mod report;
+pub mod rope;
 pub mod train;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ pub static KINDS: &[&dyn ErasedKind] = &[
     &Erased::<eval_ppl::EvalPpl>::NEW,
     &Erased::<eval_needle::EvalNeedle>::NEW,
     &Erased::<attention::Attention>::NEW,
+    &Erased::<rope::Rope>::NEW,
 ];
 
 /// Look a kind up by its `kind = "..."` name.

@@ -15,9 +15,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Needs, StageKind};
-use crate::model::{checkpoint_files, import_checkpoint};
+use crate::model::{checkpoint_files, import_checkpoint, import_gguf, is_gguf};
+use crate::paths::expand_home;
 
-/// Imports a checkpoint directory (config.json, safetensors, optional tokenizer.json).
+/// Imports a checkpoint directory (config.json, safetensors, optional tokenizer.json) or a
+/// GGUF file (dequantized into the same layout).
 pub struct Model;
 
 /// Parameters of a `model` stage.
@@ -26,7 +28,10 @@ pub struct Model;
 pub struct ModelParams {
     /// The checkpoint directory, relative to the pipeline file: a Hugging Face LLaMA-family
     /// model (config.json, model.safetensors or sharded with model.safetensors.index.json,
-    /// f32/f16/bf16 weights, and tokenizer.json when the data stage should use its tokenizer).
+    /// f32/f16/bf16 weights, and tokenizer.json when the data stage should use its tokenizer),
+    /// or a `.gguf` file (llama.cpp; F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K tensors are
+    /// dequantized to f32 and the tokenizer is rebuilt from its metadata). A leading `~/` is
+    /// the home directory.
     pub path: PathBuf,
 }
 
@@ -40,16 +45,20 @@ impl StageKind for Model {
     }
 
     fn inputs(params: &ModelParams, pipeline_dir: &Path) -> Vec<PathBuf> {
+        let path = expand_home(&params.path);
+        if is_gguf(&path) {
+            return vec![path];
+        }
         // Named as the user wrote the path (relative to the pipeline file, or absolute). A
         // directory that is not a checkpoint is hashed whole, so that a missing one fails
         // before anything runs and a broken one fails in `run` with the import's message.
-        match checkpoint_files(&pipeline_dir.join(&params.path)) {
+        match checkpoint_files(&pipeline_dir.join(&path)) {
             Ok(files) => files
                 .iter()
                 .filter_map(|f| f.file_name())
-                .map(|name| params.path.join(name))
+                .map(|name| path.join(name))
                 .collect(),
-            Err(_) => vec![params.path.clone()],
+            Err(_) => vec![path],
         }
     }
 
@@ -58,10 +67,14 @@ impl StageKind for Model {
     }
 
     fn run(params: &ModelParams, ctx: &Ctx<'_>) -> anyhow::Result<()> {
-        let src = ctx.resolve(&params.path);
+        let src = ctx.resolve(expand_home(&params.path));
         ctx.progress.start("import", 1);
-        let info = import_checkpoint(&src, ctx.out_dir)
-            .with_context(|| format!("cannot import the checkpoint in {}", src.display()))?;
+        let info = if is_gguf(&src) {
+            import_gguf(&src, ctx.out_dir)
+        } else {
+            import_checkpoint(&src, ctx.out_dir)
+        }
+        .with_context(|| format!("cannot import the checkpoint in {}", src.display()))?;
         ctx.progress.message(&format!(
             "{} parameters, {} files",
             info.config.num_params(),

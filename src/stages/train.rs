@@ -134,6 +134,12 @@ impl StageKind for Train {
         let data_up = ctx.need("data")?;
         let data = PreparedData::open(&data_up.dir)
             .with_context(|| format!("opening the data of `{}`", data_up.instance))?;
+        if data.train.num_docs() == 0 {
+            bail!(
+                "the data of `{}` has no training documents: every document went to validation (`split`), which is for evaluation only; a train stage needs training data",
+                data_up.instance
+            );
+        }
         let p = &params.train;
         let window = p.seq_len + 1;
         let model = build_model(params, ctx, &data, &train_device)?;

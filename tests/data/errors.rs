@@ -61,7 +61,8 @@ fn empty_corpus() {
     )
     .unwrap_err();
     assert!(
-        err.to_string().contains("no training documents left"),
+        err.to_string()
+            .contains("no documents left after the filters"),
         "{err}"
     );
 }
@@ -224,7 +225,7 @@ fn unknown_keys_and_bad_values_are_refused() {
     let p: DataPrepParams = toml::from_str("split = { valid_fraction = 1.5 }").unwrap();
     assert_eq!(
         p.validate().unwrap_err().to_string(),
-        "invalid parameter `split.valid_fraction`: 1.5 is not in [0, 1)"
+        "invalid parameter `split.valid_fraction`: 1.5 is not in [0, 1]"
     );
     let dir = tempfile::tempdir().unwrap();
     let err = super::prep_from(

@@ -4,6 +4,7 @@
 
 mod bench;
 mod errors;
+mod eval_only;
 mod haystacks;
 mod prepare;
 mod sources;

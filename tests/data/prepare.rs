@@ -170,7 +170,9 @@ fn data_stats_table_reads_back() {
             "min_doc_tokens",
             "median_doc_tokens",
             "max_doc_tokens",
-            "vocab_size"
+            "vocab_size",
+            "skipped_files",
+            "replaced_files"
         ]
     );
     let batches: Vec<_> = reader.map(Result::unwrap).collect();

@@ -22,7 +22,18 @@ pub struct Reference {
 impl Reference {
     pub fn load(rope: &str) -> Self {
         let d = dir(rope);
-        let bytes = std::fs::read(d.join("reference.safetensors")).unwrap();
+        let meta =
+            serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap())
+                .unwrap();
+        Reference {
+            meta,
+            ..Self::from_file(&d.join("reference.safetensors"))
+        }
+    }
+
+    /// The arrays of one safetensors file (no metadata).
+    pub fn from_file(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let mut arrays = HashMap::new();
         for (name, view) in st.tensors() {
@@ -44,10 +55,10 @@ impl Reference {
             };
             arrays.insert(name, (view.shape().to_vec(), values));
         }
-        let meta =
-            serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap())
-                .unwrap();
-        Reference { arrays, meta }
+        Reference {
+            arrays,
+            meta: serde_json::Value::Null,
+        }
     }
 
     pub fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {

@@ -3,5 +3,6 @@
 
 mod checkpoint;
 mod fixture;
+mod gguf;
 mod parity;
 mod train;

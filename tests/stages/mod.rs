@@ -3,6 +3,7 @@
 mod model_stage;
 mod quickstart;
 mod real_model;
+mod real_smollm2;
 mod report_stage;
 mod train_stage;
 
@@ -73,7 +74,7 @@ fn every_pipeline_in_the_repository_validates() {
         }
         let file = path.to_str().unwrap();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        // real-model.toml leaves its two paths to the user on purpose.
+        // real-model.toml leaves its two paths to the user on purpose ("<required>").
         let model = format!("stages.model.path={}", fixture.display());
         let corpus = format!("stages.data.source.text.path={}", p.path().display());
         let mut args = vec!["validate", file];
@@ -92,6 +93,11 @@ fn every_pipeline_in_the_repository_validates() {
     seen.sort();
     assert_eq!(
         seen,
-        ["paper-small.toml", "quickstart.toml", "real-model.toml"]
+        [
+            "paper-small.toml",
+            "quickstart.toml",
+            "real-model.toml",
+            "real-smollm2.toml"
+        ]
     );
 }

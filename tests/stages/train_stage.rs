@@ -175,3 +175,38 @@ fn cuda_without_the_feature_is_a_clear_error_and_holds_the_gpu() {
         );
     }
 }
+
+#[test]
+fn a_train_stage_on_evaluation_only_data_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    prepare_data(&data);
+    // The same corpus with every document in validation, tokenized by the first one's tokenizer.
+    let eval = dir.path().join("eval");
+    let params: DataPrepParams = toml::from_str(
+        "source = { synthetic = { documents = 6, max_tokens = 256 } }\n\
+         tokenizer = { from = \"data\" }\n\
+         split = { valid_fraction = 1.0 }",
+    )
+    .unwrap();
+    prepare(
+        &params,
+        &PrepareContext {
+            out_dir: eval.clone(),
+            base_dir: eval.clone(),
+            seed: 1,
+            tokenizer_dir: Some(data),
+            progress: &Silent,
+        },
+    )
+    .unwrap();
+    let needs = BTreeMap::from([(
+        "data".to_string(),
+        vec![upstream("data", "data_prep", &eval)],
+    )]);
+    let err = run_stage(BASE, &needs, &dir.path().join("t"), "cpu").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the data of `data` has no training documents: every document went to validation (`split`), which is for evaluation only; a train stage needs training data"
+    );
+}

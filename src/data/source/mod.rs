@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::error::DataError;
 use super::params::SourceParams;
+pub use super::stats::SourceFiles;
 use super::synthetic::{MarkSpan, SyntheticCorpus};
 use crate::progress::Progress;
 
@@ -46,18 +47,20 @@ impl Document {
     }
 }
 
-/// Reads every document of the source, in a deterministic order.
+/// Reads every document of the source, in a deterministic order, with the files skipped or
+/// repaired on the way.
 pub fn read_documents(
     source: &SourceParams,
     base_dir: &Path,
     seed: u64,
     progress: &dyn Progress,
-) -> Result<Vec<Document>, DataError> {
-    match source {
+) -> Result<(Vec<Document>, SourceFiles), DataError> {
+    let mut counts = SourceFiles::default();
+    let docs = match source {
         SourceParams::Synthetic(p) => {
             let corpus = SyntheticCorpus::new(p)?;
             progress.start("generate", p.documents as u64);
-            Ok((0..p.documents as u64)
+            (0..p.documents as u64)
                 .into_par_iter()
                 .map(|i| {
                     let d = corpus.document(seed, i);
@@ -67,17 +70,23 @@ pub fn read_documents(
                         marks: d.marks,
                     }
                 })
-                .collect())
+                .collect()
         }
         SourceParams::Text(t) => {
             let files = resolve_inputs(&t.path, base_dir, &[])?;
             progress.start("read", files.len() as u64);
             let mut docs = vec![];
             for f in files {
-                text::read(&f, t.separator.as_deref(), &mut docs)?;
+                text::read(
+                    &f,
+                    t.separator.as_deref(),
+                    t.invalid_utf8,
+                    &mut docs,
+                    &mut counts,
+                )?;
                 progress.advance(1);
             }
-            Ok(docs)
+            docs
         }
         SourceParams::Jsonl(j) => {
             let files = resolve_inputs(
@@ -91,7 +100,7 @@ pub fn read_documents(
                 jsonl::read(&f, &j.field, &mut docs)?;
                 progress.advance(1);
             }
-            Ok(docs)
+            docs
         }
         SourceParams::Parquet(p) => {
             let files = resolve_inputs(&p.path, base_dir, &[".parquet"])?;
@@ -101,9 +110,10 @@ pub fn read_documents(
                 parquet::read(&f, &p.column, &mut docs)?;
                 progress.advance(1);
             }
-            Ok(docs)
+            docs
         }
-    }
+    };
+    Ok((docs, counts))
 }
 
 /// The input files a source reads: a file, every file under a directory (with one of `exts`
@@ -113,7 +123,7 @@ pub fn resolve_inputs(
     base_dir: &Path,
     exts: &[&str],
 ) -> Result<Vec<PathBuf>, DataError> {
-    let path = base_dir.join(pattern);
+    let path = base_dir.join(crate::paths::expand_home(Path::new(pattern)));
     if path.is_file() {
         return Ok(vec![path]);
     }
