@@ -53,7 +53,7 @@ impl FlashShape {
 
     fn check(&self, q: usize, k: usize, v: usize) {
         assert!(
-            self.kv_heads > 0 && self.heads % self.kv_heads == 0,
+            self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads),
             "heads {} not a multiple of kv_heads {}",
             self.heads,
             self.kv_heads
@@ -66,7 +66,7 @@ impl FlashShape {
         );
         assert_eq!((k, v), (kv, kv), "k/v size");
         assert!(
-            self.q_offset + 1 <= self.k_len || self.q_len == 0,
+            self.q_offset < self.k_len || self.q_len == 0,
             "query 0 at key position {} but only {} keys",
             self.q_offset,
             self.k_len
@@ -226,7 +226,9 @@ pub fn flash_attention(
     let (g, d) = (s.groups(), s.head_dim);
     let scale = (d as f64).powf(-0.5) as f32;
     let kv_size = s.k_len * d;
-    let results: Vec<(Task, Vec<f32>, Vec<f32>, Vec<f32>)> = tasks(&s, bq)
+    // Per task: its output rows, log-sum-exps and entropies (empty unless asked for).
+    type TaskOut = (Task, Vec<f32>, Vec<f32>, Vec<f32>);
+    let results: Vec<TaskOut> = tasks(&s, bq)
         .into_par_iter()
         .map(|t| {
             let mut tile = Tile::new(q, &s, &t, bk, scale);
@@ -470,7 +472,7 @@ pub mod simd {
         let p = fmadd::<FMA>(p, r, 8.333_452e-3);
         let p = fmadd::<FMA>(p, r, 4.166_579_6e-2);
         let p = fmadd::<FMA>(p, r, 1.666_666_5e-1);
-        let p = fmadd::<FMA>(p, r, 5.000_000_1e-1);
+        let p = fmadd::<FMA>(p, r, 0.5);
         let e = fmadd::<FMA>(p, r * r, r + 1.0);
         let pow2 = (t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23;
         e * f32::from_bits(pow2)
