@@ -34,6 +34,21 @@ fn slurm_up(test: &str) -> bool {
     false
 }
 
+/// A project whose `p.toml` is a pipeline of `stages` named uniquely after `name` (so squeue
+/// can be filtered by it), or `None` (the test skips) when Slurm is not up.
+fn slurm_project(test: &str, name: &str, stages: &str) -> Option<(Project, String)> {
+    if !slurm_up(test) {
+        return None;
+    }
+    let p = Project::new();
+    let name = unique(name);
+    p.write(
+        "p.toml",
+        &format!("[pipeline]\nname = \"{name}\"\n{stages}"),
+    );
+    Some((p, name))
+}
+
 /// `pipe` with the Slurm executor, polling fast.
 fn slurm_cmd(p: &Project, args: &[&str]) -> Command {
     let mut c = p.command(args);
@@ -83,17 +98,13 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn slurm_failure_names_the_job_its_exit_code_and_log() {
-    if !slurm_up("slurm_failure_names_the_job_its_exit_code_and_log") {
+    let Some((p, _)) = slurm_project(
+        "slurm_failure_names_the_job_its_exit_code_and_log",
+        "fail",
+        "[stages.bad]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo broken input >&2; exit 3\"]\n[stages.good]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo ok > out.txt\"]\n",
+    ) else {
         return;
-    }
-    let p = Project::new();
-    let name = unique("fail");
-    p.write(
-        "p.toml",
-        &format!(
-            "[pipeline]\nname = \"{name}\"\n[stages.bad]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo broken input >&2; exit 3\"]\n[stages.good]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo ok > out.txt\"]\n"
-        ),
-    );
+    };
     let out = slurm_cmd(&p, &["run", "p.toml", "--keep-going"])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -119,23 +130,17 @@ fn slurm_failure_names_the_job_its_exit_code_and_log() {
 
 #[test]
 fn slurm_interrupted_run_cancels_every_job() {
-    if !slurm_up("slurm_interrupted_run_cancels_every_job") {
-        return;
-    }
-    let p = Project::new();
-    let name = unique("cancel");
     // Different commands: identical ones would share one key and build once.
     let sleeper = |s: &str| {
         format!("[stages.{s}]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"sleep 120 # {s}\"]\n")
     };
-    p.write(
-        "p.toml",
-        &format!(
-            "[pipeline]\nname = \"{name}\"\n{}{}",
-            sleeper("a"),
-            sleeper("b")
-        ),
-    );
+    let Some((p, name)) = slurm_project(
+        "slurm_interrupted_run_cancels_every_job",
+        "cancel",
+        &format!("{}{}", sleeper("a"), sleeper("b")),
+    ) else {
+        return;
+    };
     let child = slurm_cmd(&p, &["run", "p.toml"])
         .stderr(Stdio::piped())
         .spawn()
@@ -158,24 +163,18 @@ fn slurm_interrupted_run_cancels_every_job() {
 
 #[test]
 fn slurm_gpu_stages_share_the_two_gpus() {
-    if !slurm_up("slurm_gpu_stages_share_the_two_gpus") {
-        return;
-    }
-    let p = Project::new();
-    let name = unique("gpus");
     let stage = |s: &str| {
         format!(
             "[stages.{s}]\nkind = \"command\"\nresources = {{ gpus = 1 }}\nargs = [\"sh\", \"-c\", \"echo start {s} $(date +%s%N) $CUDA_VISIBLE_DEVICES >> $PIPE_PIPELINE_DIR/log; sleep 2; echo end {s} $(date +%s%N) >> $PIPE_PIPELINE_DIR/log\"]\n"
         )
     };
-    p.write(
-        "p.toml",
-        &format!(
-            "[pipeline]\nname = \"{name}\"\n{}{}",
-            stage("a"),
-            stage("b")
-        ),
-    );
+    let Some((p, _)) = slurm_project(
+        "slurm_gpu_stages_share_the_two_gpus",
+        "gpus",
+        &format!("{}{}", stage("a"), stage("b")),
+    ) else {
+        return;
+    };
     let out = slurm_cmd(&p, &["run", "p.toml"])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -209,17 +208,13 @@ fn slurm_gpu_stages_share_the_two_gpus() {
 
 #[test]
 fn slurm_rerun_reattaches_to_a_job_whose_submitter_died() {
-    if !slurm_up("slurm_rerun_reattaches_to_a_job_whose_submitter_died") {
+    let Some((p, name)) = slurm_project(
+        "slurm_rerun_reattaches_to_a_job_whose_submitter_died",
+        "attach",
+        "[stages.slow]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo run >> $PIPE_PIPELINE_DIR/count; sleep 6; echo ok > out.txt\"]\n",
+    ) else {
         return;
-    }
-    let p = Project::new();
-    let name = unique("attach");
-    p.write(
-        "p.toml",
-        &format!(
-            "[pipeline]\nname = \"{name}\"\n[stages.slow]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo run >> $PIPE_PIPELINE_DIR/count; sleep 6; echo ok > out.txt\"]\n"
-        ),
-    );
+    };
     let mut child = slurm_cmd(&p, &["run", "p.toml"])
         .stderr(Stdio::null())
         .spawn()
@@ -261,11 +256,6 @@ fn slurm_rerun_reattaches_to_a_job_whose_submitter_died() {
 
 #[test]
 fn slurm_time_limit_resubmits_and_resumes() {
-    if !slurm_up("slurm_time_limit_resubmits_and_resumes") {
-        return;
-    }
-    let p = Project::new();
-    let name = unique("timeout");
     // The first attempt writes a checkpoint when warned (SIGUSR1, which `--signal` sends to
     // `pipe exec` and the command stage passes on) and is then killed at its one-minute limit;
     // the resubmitted attempt finds the checkpoint in the kept build directory and finishes.
@@ -273,12 +263,15 @@ fn slurm_time_limit_resubmits_and_resumes() {
                   if [ -f checkpoint ]; then echo resumed > out.txt; exit 0; fi; \
                   trap 'echo warned > checkpoint' USR1; \
                   sleep 300 & wait; sleep 300 & wait";
-    p.write(
-        "p.toml",
+    let Some((p, _)) = slurm_project(
+        "slurm_time_limit_resubmits_and_resumes",
+        "timeout",
         &format!(
-            "[pipeline]\nname = \"{name}\"\n[stages.long]\nkind = \"command\"\nresumable = true\nresources = {{ time = \"1\" }}\nargs = [\"sh\", \"-c\", \"{script}\"]\n"
+            "[stages.long]\nkind = \"command\"\nresumable = true\nresources = {{ time = \"1\" }}\nargs = [\"sh\", \"-c\", \"{script}\"]\n"
         ),
-    );
+    ) else {
+        return;
+    };
     let child = slurm_cmd(&p, &["run", "p.toml"])
         .stderr(Stdio::piped())
         .spawn()

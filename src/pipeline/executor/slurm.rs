@@ -149,18 +149,6 @@ fn network_filesystem(path: &Path) -> Option<&'static str> {
     }
 }
 
-fn host_short_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).to_string();
-    name.split('.').next().unwrap_or_default().to_string()
-}
-
 /// The cache must be where the nodes see it: on a network filesystem, or the cluster is this
 /// machine alone. `PIPE_SLURM_SHARED=1` asserts it for filesystems not recognised here.
 fn check_shared(root: &Path) -> Result<()> {
@@ -171,7 +159,8 @@ fn check_shared(root: &Path) -> Result<()> {
         return Ok(());
     }
     let nodes = run_tool("sinfo", &["-h", "-N", "-o", "%N"]).unwrap_or_default();
-    let me = host_short_name();
+    let me = crate::pipeline::host_name();
+    let me = me.split('.').next().unwrap_or_default();
     let mut names: Vec<&str> = nodes.split_whitespace().collect();
     names.dedup();
     if !names.is_empty() && names.iter().all(|n| *n == me) {
