@@ -12,6 +12,7 @@ pub mod paths;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod signals;
 pub mod stages;
 pub mod tables;
 pub mod train;

@@ -1,7 +1,7 @@
 //! Integration tests of the study's stage kinds driven through `pipe run`, on tiny fixtures.
 
 mod model_stage;
-mod quickstart;
+pub mod quickstart;
 mod real_model;
 mod real_smollm2;
 mod report_stage;
