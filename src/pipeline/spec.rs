@@ -1270,8 +1270,8 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            e.ends_with(
-                "`stages.m.path`: required but not given: set `path` in the file or with `--set stages.m.path=VALUE`"
+            e.contains(
+                "p.toml:5:8: `stages.m.path`: required but not given: set `path` in the file or with `--set stages.m.path=VALUE`"
             ),
             "{e}"
         );
