@@ -128,7 +128,8 @@ impl<'a> Figures<'a> {
         let tasks: BTreeSet<&str> = study.needle.iter().map(|r| r.row.task.as_str()).collect();
         let per_task = tasks.len() > 1;
         let mut out = Vec::new();
-        for m in &study.models {
+        // An instance shared with an earlier model is drawn once, under that model.
+        for m in study.models.iter().filter(|m| m.shared_with.is_none()) {
             for task in tasks
                 .iter()
                 .map(|t| Some(*t))
