@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::error::{Error, Result};
 use crate::pipeline::cache::Cache;
 use crate::pipeline::exec::{ExecOptions, Selection};
+use crate::pipeline::executor::{self as executors, ExecutorName, ExecutorOptions};
 use crate::pipeline::graph::DagFormat;
 use crate::pipeline::{self, schema};
 use crate::stages::StageKind;
@@ -86,6 +87,15 @@ pub enum Command {
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
+        /// Where instances run (default: the pipeline's `executor`, else local).
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorName>,
+    },
+    /// Run one prepared job (what a Slurm job runs on its node).
+    #[command(hide = true)]
+    Exec {
+        /// The job description (`<cache>/jobs/<key>/job.json`).
+        job: PathBuf,
     },
     /// Print each instance as cached, run or stale, with the reason.
     Status {
@@ -200,6 +210,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             jobs,
             keep_going,
             quiet,
+            executor,
         } => {
             let t0 = Instant::now();
             let cache = Cache::from_env();
@@ -208,8 +219,13 @@ fn dispatch(cli: Cli) -> Result<()> {
                 print!("{}", plan.describe());
                 return Ok(());
             }
-            let jobs =
-                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let executor = executor.unwrap_or(plan.pipeline.header.executor);
+            let jobs = jobs.unwrap_or_else(|| match executor {
+                ExecutorName::Local => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                // How many jobs to keep submitted; Slurm decides where and when they run.
+                ExecutorName::Slurm => 1000,
+            });
+            let mut exec = executors::make(executor, &ExecutorOptions { jobs }, &cache)?;
             let summary = pipeline::run(
                 &plan,
                 &cache,
@@ -218,6 +234,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     keep_going,
                     quiet,
                 },
+                exec.as_mut(),
             )?;
             if !quiet {
                 eprintln!(
@@ -230,14 +247,21 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Exec { job } => executors::slurm::exec_job(&job),
         Command::Status { load, select } => {
-            let plan = pipeline::plan(
-                &load.file,
-                &load.sets,
-                &Cache::from_env(),
-                &select.selection(),
-            )?;
+            let cache = Cache::from_env();
+            let plan = pipeline::plan(&load.file, &load.sets, &cache, &select.selection())?;
             print!("{}", plan.describe());
+            // Jobs of a run in progress (or of one whose submitter died) on a cluster.
+            let keys: Vec<&str> = (0..plan.records.len())
+                .filter(|&i| plan.included[i] && plan.status[i].builds())
+                .map(|i| plan.key(i))
+                .collect();
+            for (key, h) in executors::slurm::live_jobs(&cache, &keys) {
+                if let Some(r) = plan.records.iter().find(|r| r.key == key) {
+                    println!("slurm job {} {} {}", h.job_id, h.state, r.instance);
+                }
+            }
             Ok(())
         }
         Command::Dag { load, format } => {
@@ -345,11 +369,7 @@ fn report_command(load: &LoadArgs) -> Result<()> {
         let opts: ReportOptions = serde_json::from_value(inst.params.clone())
             .map_err(|e| Error::Usage(format!("stage `{}`: report options: {e}", inst.name)))?;
         // The same place the runner publishes a report stage's output to.
-        let out = if reports.len() > 1 {
-            dir.join(&inst.name)
-        } else {
-            dir.clone()
-        };
+        let out = pipeline::results::publish_target(dir, &inst.name, reports.len() > 1);
         let summary = write_report(dir, &out, &opts)
             .map_err(|e| Error::Usage(format!("report `{}`: {e}", inst.name)))?;
         println!(
