@@ -193,7 +193,10 @@ fn stages_write_their_tables() {
     let dist: Vec<AttentionDistanceRow> = table(&out);
     // Per length: 2 layers x 2 heads, 2 layers, all layers; 7 and 8 buckets.
     assert_eq!(dist.len(), (2 * 2 + 2 + 1) * (7 + 8));
-    assert_eq!(dist.iter().filter(|r| r.head.is_some()).count(), 2 * 2 * (7 + 8));
+    assert_eq!(
+        dist.iter().filter(|r| r.head.is_some()).count(),
+        2 * 2 * (7 + 8)
+    );
     let div: Vec<AttentionDivergenceRow> = table(&out);
     assert_eq!(div.len(), 2);
     assert_eq!((div[0].length, div[0].reference_length), (64, 64));

@@ -926,7 +926,10 @@ fn readme_quotes_only_numbers_of_the_committed_reports() {
         }
     }
     assert!(numbers.len() >= 8, "{numbers:?}");
-    let missing: Vec<&String> = numbers.iter().filter(|n| !reports.contains(n.as_str())).collect();
+    let missing: Vec<&String> = numbers
+        .iter()
+        .filter(|n| !reports.contains(n.as_str()))
+        .collect();
     assert!(
         missing.is_empty(),
         "README numbers not in the committed report.md files: {missing:?}"
