@@ -572,7 +572,8 @@ fn needle_section(md: &mut String, study: &Study, figs: &mut Figures) {
     let _ = writeln!(
         md,
         "Heatmaps: x = context length, y = needle depth (% of the haystack, 0 = farthest from \
-         the question), colour = pass rate (red 0, green 1), cell text = mean entropy (nats); \
+         the question), colour = pass rate (viridis: dark purple 0, yellow 1; colour-blind safe), \
+         cell text = mean entropy (nats); \
          the dashed line follows the fine-tuning length.\n"
     );
     for img in figs.needle_heatmaps(study) {
