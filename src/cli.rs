@@ -193,6 +193,29 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// The evaluation of a checkpoint at long lengths (`eval_ppl`'s NLL, or the attention
+    /// stage's entropy or distance pass) on one random window per length; compare with
+    /// `python bench/torch_eval.py run DIR --lengths ...` on the same machine.
+    Eval {
+        /// Hugging Face checkpoint directory (config.json + safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Window lengths in tokens.
+        #[arg(long, num_args = 1.., required = true)]
+        lengths: Vec<usize>,
+        /// What to time.
+        #[arg(long, value_enum, default_value = "ppl")]
+        work: crate::eval::bench::EvalWork,
+        /// Timed repetitions per length (the median is reported).
+        #[arg(long, default_value_t = 1)]
+        iters: usize,
+        /// Positions per head/loss chunk (the `eval_ppl` stage's `chunk`).
+        #[arg(long, default_value_t = 1024)]
+        chunk: usize,
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Tokenizing a generated corpus with a trained BPE tokenizer, against the Python
     /// `tokenizers` package on the same file when `--python` is given.
     Tokenize {
@@ -340,6 +363,41 @@ fn bench_command(command: BenchCommand) -> Result<()> {
                 "eval forward at {} tokens: {:.3} s wall, {:.3} s CPU",
                 opts.eval_len, r.eval_forward_s, r.eval_forward_cpu_s
             );
+            Ok(())
+        }
+        BenchCommand::Eval {
+            model,
+            lengths,
+            work,
+            iters,
+            chunk,
+            device,
+        } => {
+            let dev = crate::device::device(&device).map_err(|e| failed(&e))?;
+            let threads = rayon::current_num_threads();
+            let load_s = crate::eval::bench::bench_eval(
+                &model,
+                &dev,
+                &lengths,
+                work,
+                iters,
+                chunk,
+                &mut |r| {
+                    println!(
+                        "{{\"impl\":\"ropelens\",\"work\":\"{work:?}\",\"threads\":{threads},\"length\":{},\"seconds\":{:.3},\"cpu_s\":{:.3},\"all_s\":{:?},\"tokens_per_s\":{:.1},\"peak_rss_mib\":{:.1},\"decode_token_s\":{}}}",
+                        r.length,
+                        r.seconds,
+                        r.cpu_s,
+                        r.all_seconds,
+                        r.tokens_per_s,
+                        r.peak_rss_mib,
+                        r.decode_token_s
+                            .map_or("null".to_string(), |s| format!("{s:.4}"))
+                    )
+                },
+            )
+            .map_err(|e| failed(&e))?;
+            println!("{{\"load_s\":{load_s:.3}}}");
             Ok(())
         }
         BenchCommand::Tokenize { megabytes, python } => {
