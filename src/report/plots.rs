@@ -1352,7 +1352,7 @@ mod tests {
         assert_eq!(at(0, 0), score_color(1.0));
         assert_eq!(at(0, 0), (253, 231, 37), "viridis yellow for a pass");
         assert_eq!(at(0, 4), (68, 1, 84), "viridis purple for a fail");
-        assert_eq!(at(0, 3), (250, 215, 80), "yellow for one half");
+        assert_eq!(at(0, 3), (33, 145, 140), "viridis teal for one half");
         assert_eq!(at(1, 4), score_color(0.25));
         assert_eq!(at(4, 4), MISSING, "grey for a cell not run");
         // The dashed line sits on the boundary after the 512 column.
