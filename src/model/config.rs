@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::error::{ModelError, Result};
@@ -200,93 +201,20 @@ impl LlamaConfig {
 
     /// Parse a config.json value.
     pub fn from_hf_value(value: &Value, source: &str) -> Result<Self> {
-        let map = value
-            .as_object()
-            .ok_or_else(|| ModelError::config(source, "<json>", "must be a JSON object"))?;
-        let c = Cfg { map, source };
-        let model_type = c.str_opt("model_type")?.unwrap_or("llama").to_string();
-        if !["llama", "mistral", "qwen2"].contains(&model_type.as_str()) {
-            return Err(ModelError::config(
-                source,
-                "model_type",
-                format!("`{model_type}` is not a LLaMA-family model (llama, mistral, qwen2)"),
-            ));
-        }
-        if let Some(act) = c.str_opt("hidden_act")?
-            && act != "silu"
-        {
-            return Err(ModelError::config(
-                source,
-                "hidden_act",
-                format!("only `silu` (SwiGLU) is supported, got `{act}`"),
-            ));
-        }
-        let sliding = match model_type.as_str() {
-            "qwen2" => c.bool_opt("use_sliding_window")?.unwrap_or(false),
-            "mistral" => !matches!(map.get("sliding_window"), None | Some(Value::Null)),
-            _ => false,
-        };
-        if sliding {
-            return Err(ModelError::config(
-                source,
-                "sliding_window",
-                "sliding-window attention is not supported (set it to null)",
-            ));
-        }
-        if let Some(p) = c.f64_opt("partial_rotary_factor")?
-            && p != 1.0
-        {
-            return Err(ModelError::config(
-                source,
-                "partial_rotary_factor",
-                format!("partial RoPE is not supported, got {p}"),
-            ));
-        }
-        let hidden_size = c.usize_req("hidden_size")?;
-        let heads = c.usize_req("num_attention_heads")?;
-        if heads == 0 {
-            return Err(ModelError::config(
-                source,
-                "num_attention_heads",
-                "must be > 0",
-            ));
-        }
-        let head_dim = c.usize_opt("head_dim")?.unwrap_or(hidden_size / heads);
-        let max_position_embeddings = c.usize_opt("max_position_embeddings")?.unwrap_or(2048);
-        let rope = parse_rope(map, source, max_position_embeddings)?;
-        let qwen2 = model_type == "qwen2";
-        let attention_bias = c.bool_opt("attention_bias")?.unwrap_or(false);
-        let eos_token_id = match map.get("eos_token_id") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(list)) => list
-                .iter()
-                .map(|v| c.token(v, "eos_token_id"))
-                .collect::<Result<_>>()?,
-            Some(v) => vec![c.token(v, "eos_token_id")?],
-        };
-        let bos_token_id = match map.get("bos_token_id") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(c.token(v, "bos_token_id")?),
-        };
-        let cfg = LlamaConfig {
-            hidden_size,
-            intermediate_size: c.usize_req("intermediate_size")?,
-            num_hidden_layers: c.usize_req("num_hidden_layers")?,
-            num_attention_heads: heads,
-            num_key_value_heads: c.usize_opt("num_key_value_heads")?.unwrap_or(heads),
-            head_dim,
-            rms_norm_eps: c.f64_opt("rms_norm_eps")?.unwrap_or(1e-6),
-            vocab_size: c.usize_req("vocab_size")?,
-            max_position_embeddings,
-            tie_word_embeddings: c.bool_opt("tie_word_embeddings")?.unwrap_or(false),
-            attention_bias: attention_bias || qwen2,
-            o_proj_bias: attention_bias && !qwen2,
-            mlp_bias: c.bool_opt("mlp_bias")?.unwrap_or(false),
-            bos_token_id,
-            eos_token_id,
-            rope,
-            model_type,
-        };
+        let hf: HfConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().to_string();
+            // serde names a missing key in the message, at the object that lacks it.
+            match message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.strip_suffix('`'))
+            {
+                Some(field) if key == "." => ModelError::config(source, field, "missing"),
+                Some(field) => ModelError::config(source, &format!("{key}.{field}"), "missing"),
+                None => ModelError::config(source, &key, message),
+            }
+        })?;
+        let cfg = hf.into_config(source)?;
         cfg.validate(source)?;
         Ok(cfg)
     }
@@ -345,32 +273,27 @@ impl LlamaConfig {
         m.insert("use_cache".into(), json!(true));
 
         // transformers' own view of the rope: ntk becomes default with the enlarged base.
-        let head_dim = self.head_dim;
         let hf_rope = match &self.rope.scaling {
-            RopeScaling::Ntk { .. } => {
-                m.insert(
-                    ROPELENS_ROPE_KEY.into(),
-                    Value::Object(self.rope.to_parameters()),
-                );
-                RopeConfig::new(self.rope.effective_theta(head_dim))
+            RopeScaling::Ntk(_) => {
+                m.insert(ROPELENS_ROPE_KEY.into(), parameters(&self.rope));
+                RopeConfig::new(self.rope.effective_theta(self.head_dim))
             }
             _ => self.rope.clone(),
         };
-        let params = hf_rope.to_parameters();
+        let params = parameters(&hf_rope);
         if matches!(layout, HfLayout::V5 | HfLayout::Both) {
-            m.insert("rope_parameters".into(), Value::Object(params.clone()));
+            m.insert("rope_parameters".into(), params.clone());
         }
         if matches!(layout, HfLayout::V4 | HfLayout::Both) {
             m.insert("rope_theta".into(), json!(hf_rope.theta));
-            let scaling = match hf_rope.scaling {
-                RopeScaling::Default => Value::Null,
-                _ => {
-                    let mut s = params;
+            let scaling = match params {
+                _ if hf_rope.scaling.is_default() => Value::Null,
+                Value::Object(mut s) => {
                     s.remove("rope_theta");
-                    let t = s.get("rope_type").cloned().unwrap_or(Value::Null);
-                    s.insert("type".into(), t);
+                    s.insert("type".into(), json!(hf_rope.rope_type()));
                     Value::Object(s)
                 }
+                other => other,
             };
             m.insert("rope_scaling".into(), scaling);
         }
@@ -386,163 +309,257 @@ impl LlamaConfig {
     }
 }
 
-/// RoPE from either layout, plus ropelens's `ntk` record.
-fn parse_rope(map: &Map<String, Value>, source: &str, max_pos: usize) -> Result<RopeConfig> {
-    let c = Cfg { map, source };
-    let top_theta = c.f64_opt("rope_theta")?;
-    // transformers: `rope_scaling` (4.x) wins over `rope_parameters` (5.x) when both are set.
-    let (key, params) = match (map.get("rope_scaling"), map.get("rope_parameters")) {
-        (Some(Value::Object(s)), _) => ("rope_scaling", Some(s)),
-        (_, Some(Value::Object(p))) => ("rope_parameters", Some(p)),
-        (Some(v @ (Value::Bool(_) | Value::Number(_) | Value::String(_) | Value::Array(_))), _) => {
-            return Err(ModelError::config(
-                source,
-                "rope_scaling",
-                format!("must be an object or null, got {v}"),
-            ));
+/// A rope parameter dict as JSON (`rope_type` first).
+fn parameters(rope: &RopeConfig) -> Value {
+    serde_json::to_value(rope).expect("a RoPE config always serializes")
+}
+
+/// config.json as transformers writes it: the serde mirror of both RoPE layouts, converted
+/// once by [`HfConfig::into_config`] (candle's `LlamaConfig::into_config` shape). Keys it does not
+/// name are ignored, as transformers keeps them.
+#[derive(Deserialize)]
+struct HfConfig {
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    sliding_window: Option<Value>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
+    hidden_size: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    vocab_size: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default)]
+    rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    bos_token_id: Option<u32>,
+    #[serde(default)]
+    eos_token_id: Option<TokenIds>,
+    /// 4.x: the base, beside `rope_scaling`.
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    /// 4.x: the type and its keys (`type` or `rope_type`); null for plain RoPE.
+    #[serde(default)]
+    rope_scaling: Option<HfRopeDict>,
+    /// 5.x: type, keys and base in one dict.
+    #[serde(default)]
+    rope_parameters: Option<HfRopeDict>,
+    /// Phi-3 style original length at the top level.
+    #[serde(default)]
+    original_max_position_embeddings: Option<usize>,
+    /// ropelens's own record of an `ntk` model (see the module doc).
+    #[serde(default)]
+    ropelens_rope: Option<HfRopeDict>,
+}
+
+/// `eos_token_id`: one id or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// One rope dict of config.json: `rope_type` (4.x also `type`; absent: `default`), an optional
+/// `rope_theta`, and the type's keys.
+#[derive(Deserialize)]
+#[serde(try_from = "Map<String, Value>")]
+struct HfRopeDict {
+    theta: Option<f64>,
+    scaling: RopeScaling,
+}
+
+impl TryFrom<Map<String, Value>> for HfRopeDict {
+    type Error = String;
+
+    fn try_from(mut map: Map<String, Value>) -> std::result::Result<Self, String> {
+        // transformers reads `rope_type` first, then the 4.x `type`.
+        if let Some(t) = map.remove("type") {
+            map.entry("rope_type").or_insert(t);
         }
-        _ => ("rope_parameters", None),
-    };
-    let theta = top_theta.unwrap_or(DEFAULT_THETA);
-    let mut rope = match params {
-        Some(p) => RopeConfig::from_hf_parameters(p, theta, &format!("{source}: {key}"))?,
-        None => RopeConfig::new(theta),
-    };
-    // Phi-3 style top-level original length wins, as in transformers.
-    if let Some(orig) = c.usize_opt("original_max_position_embeddings")? {
-        match &mut rope.scaling {
-            RopeScaling::Yarn {
-                original_max_position_embeddings: o,
-                ..
-            }
-            | RopeScaling::Llama3 {
-                original_max_position_embeddings: o,
-                ..
-            }
-            | RopeScaling::LongRope {
-                original_max_position_embeddings: o,
-                ..
-            } => *o = Some(orig),
-            _ => {}
+        map.entry("rope_type").or_insert(json!("default"));
+        // transformers 5 may keep `partial_rotary_factor` in the dict.
+        match map.remove("partial_rotary_factor") {
+            None | Some(Value::Null) => {}
+            Some(p) if p.as_f64() == Some(1.0) => {}
+            Some(p) => return Err(format!("partial RoPE is not supported, got {p}")),
         }
-    }
-    if let Some(own) = map.get(ROPELENS_ROPE_KEY) {
-        let own_src = format!("{source}: {ROPELENS_ROPE_KEY}");
-        let own_map = own
-            .as_object()
-            .ok_or_else(|| ModelError::config(source, ROPELENS_ROPE_KEY, "must be an object"))?;
-        let ntk = RopeConfig::from_hf_parameters(own_map, theta, &own_src)?;
-        if !matches!(ntk.scaling, RopeScaling::Ntk { .. }) {
-            return Err(ModelError::config(
-                source,
-                ROPELENS_ROPE_KEY,
-                format!("only records `ntk`, got `{}`", ntk.rope_type()),
-            ));
-        }
-        if rope.scaling != RopeScaling::Default {
-            return Err(ModelError::config(
-                source,
-                ROPELENS_ROPE_KEY,
-                format!(
-                    "`ntk` needs rope type `default` in {key}, got `{}`",
-                    rope.rope_type()
-                ),
-            ));
-        }
-        // The enlarged base written for transformers must be the one ntk implies.
-        let head_dim = match (
-            c.usize_opt("head_dim")?,
-            c.usize_opt("hidden_size")?,
-            c.usize_opt("num_attention_heads")?,
-        ) {
-            (Some(d), _, _) => d,
-            (None, Some(h), Some(n)) if n > 0 => h / n,
-            _ => 0,
+        let theta = match map.remove("rope_theta") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_f64()
+                    .ok_or_else(|| format!("`rope_theta` must be a number, got {v}"))?,
+            ),
         };
-        let implied = ntk.effective_theta(head_dim);
-        if (implied - rope.theta).abs() > 1e-9 * implied.abs() {
-            return Err(ModelError::config(
-                source,
-                "rope_theta",
-                format!(
-                    "is {} but {ROPELENS_ROPE_KEY} (ntk) implies {implied}; edit one of them",
-                    rope.theta
-                ),
-            ));
+        // transformers warns about keys a type does not use and goes on (NousResearch's YaRN
+        // checkpoints carry `"finetuned": true`); so does this reader. Pipeline `rope` tables,
+        // written for ropelens, keep refusing them.
+        loop {
+            match serde_json::from_value(Value::Object(map.clone())) {
+                Ok(scaling) => return Ok(HfRopeDict { theta, scaling }),
+                Err(e) => {
+                    let msg = e.to_string();
+                    let unused = msg
+                        .strip_prefix("unknown field `")
+                        .and_then(|m| m.split('`').next())
+                        .filter(|k| *k != "rope_type" && map.contains_key(*k));
+                    match unused {
+                        Some(k) => {
+                            let k = k.to_string();
+                            map.remove(&k);
+                        }
+                        None => return Err(msg),
+                    }
+                }
+            }
         }
-        rope = ntk;
     }
-    let _ = max_pos;
-    Ok(rope)
 }
 
-/// Typed access to config.json keys, with errors naming the key.
-struct Cfg<'a> {
-    map: &'a Map<String, Value>,
-    source: &'a str,
-}
-
-impl Cfg<'_> {
-    fn err(&self, key: &str, msg: String) -> ModelError {
-        ModelError::config(self.source, key, msg)
-    }
-
-    fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.err(key, format!("must be a non-negative integer, got {v}"))),
+impl HfConfig {
+    fn into_config(self, source: &str) -> Result<LlamaConfig> {
+        let err = |key: &str, msg: String| Err(ModelError::config(source, key, msg));
+        let model_type = self.model_type.unwrap_or_else(|| "llama".into());
+        if !["llama", "mistral", "qwen2"].contains(&model_type.as_str()) {
+            return err(
+                "model_type",
+                format!("`{model_type}` is not a LLaMA-family model (llama, mistral, qwen2)"),
+            );
         }
-    }
-
-    fn usize_req(&self, key: &str) -> Result<usize> {
-        self.usize_opt(key)?
-            .ok_or_else(|| self.err(key, "missing".into()))
-    }
-
-    fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("must be a number, got {v}"))),
+        if let Some(act) = self.hidden_act
+            && act != "silu"
+        {
+            return err(
+                "hidden_act",
+                format!("only `silu` (SwiGLU) is supported, got `{act}`"),
+            );
         }
-    }
-
-    fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("must be true or false, got {v}"))),
+        let sliding = match model_type.as_str() {
+            "qwen2" => self.use_sliding_window.unwrap_or(false),
+            "mistral" => self.sliding_window.is_some_and(|v| !v.is_null()),
+            _ => false,
+        };
+        if sliding {
+            return err(
+                "sliding_window",
+                "sliding-window attention is not supported (set it to null)".into(),
+            );
         }
-    }
-
-    fn str_opt(&self, key: &str) -> Result<Option<&str>> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("must be a string, got {v}"))),
+        if let Some(p) = self.partial_rotary_factor
+            && p != 1.0
+        {
+            return err(
+                "partial_rotary_factor",
+                format!("partial RoPE is not supported, got {p}"),
+            );
         }
-    }
+        let heads = self.num_attention_heads;
+        if heads == 0 {
+            return err("num_attention_heads", "must be > 0".into());
+        }
+        let head_dim = self.head_dim.unwrap_or(self.hidden_size / heads);
 
-    fn token(&self, v: &Value, key: &str) -> Result<u32> {
-        v.as_u64()
-            .filter(|n| *n <= u32::MAX as u64)
-            .map(|n| n as u32)
-            .ok_or_else(|| self.err(key, format!("must be a token id, got {v}")))
+        // transformers: `rope_scaling` (4.x) wins over `rope_parameters` (5.x) when both are
+        // set; a `rope_theta` inside the dict wins over the top-level one.
+        let (key, dict) = match (self.rope_scaling, self.rope_parameters) {
+            (Some(s), _) => ("rope_scaling", Some(s)),
+            (None, p) => ("rope_parameters", p),
+        };
+        let top_theta = self.rope_theta.unwrap_or(DEFAULT_THETA);
+        let mut rope = match dict {
+            Some(d) => RopeConfig {
+                theta: d.theta.unwrap_or(top_theta),
+                scaling: d.scaling,
+            },
+            None => RopeConfig::new(top_theta),
+        };
+        // Phi-3 style top-level original length wins, as in transformers.
+        if let Some(orig) = self.original_max_position_embeddings {
+            rope.scaling.kind_mut().set_original_length(orig);
+        }
+        if let Some(own) = self.ropelens_rope {
+            let RopeScaling::Ntk(_) = own.scaling else {
+                return err(
+                    ROPELENS_ROPE_KEY,
+                    format!("only records `ntk`, got `{}`", own.scaling.kind().name()),
+                );
+            };
+            if !rope.scaling.is_default() {
+                return err(
+                    ROPELENS_ROPE_KEY,
+                    format!(
+                        "`ntk` needs rope type `default` in {key}, got `{}`",
+                        rope.rope_type()
+                    ),
+                );
+            }
+            let ntk = RopeConfig {
+                theta: own.theta.unwrap_or(top_theta),
+                scaling: own.scaling,
+            };
+            // The enlarged base written for transformers must be the one ntk implies.
+            let implied = ntk.effective_theta(head_dim);
+            if (implied - rope.theta).abs() > 1e-9 * implied.abs() {
+                return err(
+                    "rope_theta",
+                    format!(
+                        "is {} but {ROPELENS_ROPE_KEY} (ntk) implies {implied}; edit one of them",
+                        rope.theta
+                    ),
+                );
+            }
+            rope = ntk;
+        }
+
+        let qwen2 = model_type == "qwen2";
+        let attention_bias = self.attention_bias.unwrap_or(false);
+        Ok(LlamaConfig {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: self.num_key_value_heads.unwrap_or(heads),
+            head_dim,
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            vocab_size: self.vocab_size,
+            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            attention_bias: attention_bias || qwen2,
+            o_proj_bias: attention_bias && !qwen2,
+            mlp_bias: self.mlp_bias.unwrap_or(false),
+            bos_token_id: self.bos_token_id,
+            eos_token_id: match self.eos_token_id {
+                None => Vec::new(),
+                Some(TokenIds::One(t)) => vec![t],
+                Some(TokenIds::Many(ts)) => ts,
+            },
+            rope,
+            model_type,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::rope::{Linear, Llama3, Ntk, Yarn};
 
     const LLAMA2: &str = r#"{
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -573,12 +590,12 @@ mod tests {
         assert_eq!(c.rope.theta, 5e5);
         assert_eq!(
             c.rope.scaling,
-            RopeScaling::Llama3 {
+            RopeScaling::Llama3(Llama3 {
                 factor: 8.0,
                 low_freq_factor: 1.0,
                 high_freq_factor: 4.0,
                 original_max_position_embeddings: Some(8192)
-            }
+            })
         );
         assert_eq!(c.eos_token_id, vec![1, 2]);
         let q = text.replace("\"llama\"", "\"qwen2\"");
@@ -590,25 +607,19 @@ mod tests {
     fn writes_and_reads_both_layouts() {
         let ropes = [
             RopeConfig::new(1e4),
-            RopeConfig::new(1e4).with_scaling(RopeScaling::Linear { factor: 4.0 }),
-            RopeConfig::new(1e4).with_scaling(RopeScaling::Ntk {
+            RopeConfig::new(1e4).with_scaling(RopeScaling::Linear(Linear { factor: 4.0 })),
+            RopeConfig::new(1e4).with_scaling(RopeScaling::Ntk(Ntk {
                 factor: Some(4.0),
                 base: None,
-            }),
-            RopeConfig::new(1e4).with_scaling(RopeScaling::Ntk {
+            })),
+            RopeConfig::new(1e4).with_scaling(RopeScaling::Ntk(Ntk {
                 factor: None,
                 base: Some(1e6),
-            }),
-            RopeConfig::new(1e4).with_scaling(RopeScaling::Yarn {
-                factor: 4.0,
+            })),
+            RopeConfig::new(1e4).with_scaling(RopeScaling::Yarn(Yarn {
                 original_max_position_embeddings: Some(64),
-                beta_fast: 32.0,
-                beta_slow: 1.0,
-                mscale: None,
-                mscale_all_dim: None,
-                attention_factor: None,
-                truncate: true,
-            }),
+                ..Yarn::new(4.0)
+            })),
         ];
         for rope in ropes {
             let cfg = LlamaConfig::new(256, 64, 2, 4, 64).with_rope(rope);
@@ -646,6 +657,32 @@ mod tests {
             "c.json: `factor`: factor must be a number >= 1, got 0.5"
         );
         assert!(e(&format!(r#"{{{base}, "model_type": "gpt2"}}"#)).contains("not a LLaMA-family"));
+        // A key the type does not use is ignored, as transformers does.
+        let yarn = format!(
+            r#"{{{base}, "rope_scaling": {{"type": "yarn", "factor": 16, "finetuned": true, "original_max_position_embeddings": 4096}}}}"#
+        );
+        let c = LlamaConfig::from_hf_json_str(&yarn, "c.json").unwrap();
+        assert_eq!(
+            c.rope.scaling,
+            RopeScaling::Yarn(Yarn {
+                original_max_position_embeddings: Some(4096),
+                ..Yarn::new(16.0)
+            })
+        );
+        assert_eq!(
+            e(&format!(
+                r#"{{{base}, "rope_parameters": {{"rope_type": "linear", "factor": "2"}}}}"#
+            )),
+            "c.json: `rope_parameters`: invalid type: string \"2\", expected f64"
+        );
+        assert!(
+            e(&format!(r#"{{{base}, "rope_scaling": {{"type": "su"}}}}"#))
+                .starts_with("c.json: `rope_scaling`: unknown variant `su`")
+        );
+        assert_eq!(
+            e(r#"{"hidden_size": 64, "num_attention_heads": "4"}"#),
+            "c.json: `num_attention_heads`: invalid type: string \"4\", expected usize"
+        );
         assert!(
             e(&format!(
                 r#"{{{base}, "rope_theta": 5.0, "ropelens_rope": {{"rope_type": "ntk", "factor": 4}}}}"#

@@ -20,4 +20,4 @@ pub use config::{HfLayout, LlamaConfig};
 pub use error::{ModelError, Result};
 pub use generate::{GreedyOptions, GreedyOutput, greedy_decode};
 pub use llama::{DistanceProfile, EntropyOutput, KvCache, Llama, ids_tensor};
-pub use rope::{RopeConfig, RopeFrequencies, RopeScaling};
+pub use rope::{RopeConfig, RopeFrequencies, RopeKind, RopeScaling};

@@ -24,7 +24,7 @@ pub mod source;
 pub use error::{Result, TrainError};
 pub use optim::{AdamW, Grads, freeze, seeded_init};
 pub use params::{
-    ModelParams, ParamGroup, RopeParams, RopeType, Sampling, Schedule, ScheduleOrigin, TrainParams,
+    ModelParams, ParamGroup, RopeParams, Sampling, Schedule, ScheduleOrigin, TrainParams,
     TrainStageParams,
 };
 pub use run::{TrainJob, TrainOutput, train, validation_loss};

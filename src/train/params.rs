@@ -522,193 +522,50 @@ impl TrainParams {
     }
 }
 
-/// A RoPE type name, as transformers (plus ropelens's `ntk`) spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RopeType {
-    /// Plain RoPE (a "RoPE unchanged" control).
-    Default,
-    /// Position interpolation (PI).
-    Linear,
-    /// NTK-aware interpolation with a fixed base (from `factor`, or `base` given).
-    Ntk,
-    /// Dynamic NTK.
-    Dynamic,
-    /// YaRN.
-    Yarn,
-    /// Llama 3.1 scaling.
-    Llama3,
-    /// LongRoPE.
-    Longrope,
-}
-
-/// A RoPE to train with, in transformers' `rope_parameters` keys. Keys that do not belong to
-/// `rope_type` are errors.
+/// A RoPE to train with: a `rope_type` and that type's keys in transformers' `rope_parameters`
+/// form ([`RopeScaling`]: a key of another type is an error at parse time), plus the base and
+/// the model's new length.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RopeParams {
-    /// The RoPE type.
-    pub rope_type: RopeType,
-    /// Scale factor (linear, ntk, dynamic, yarn, llama3, longrope).
-    #[serde(default)]
-    pub factor: Option<f64>,
     /// RoPE base; default the model's.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_theta: Option<f64>,
-    /// The enlarged NTK base itself (ntk, instead of `factor`).
-    #[serde(default)]
-    pub base: Option<f64>,
-    /// Pretraining length (yarn, llama3, longrope); default the model's trained length.
-    #[serde(default)]
-    pub original_max_position_embeddings: Option<usize>,
     /// The model's new `max_position_embeddings`; default the trained length times `factor`
     /// (linear, ntk, yarn, llama3, longrope), unchanged for dynamic and default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_position_embeddings: Option<usize>,
-    /// YaRN beta_fast (default 32).
-    #[serde(default)]
-    pub beta_fast: Option<f64>,
-    /// YaRN beta_slow (default 1).
-    #[serde(default)]
-    pub beta_slow: Option<f64>,
-    /// YaRN mscale.
-    #[serde(default)]
-    pub mscale: Option<f64>,
-    /// YaRN mscale_all_dim.
-    #[serde(default)]
-    pub mscale_all_dim: Option<f64>,
-    /// Attention factor (yarn, longrope).
-    #[serde(default)]
-    pub attention_factor: Option<f64>,
-    /// YaRN: round the correction range (default true).
-    #[serde(default)]
-    pub truncate: Option<bool>,
-    /// Llama 3 low-frequency factor.
-    #[serde(default)]
-    pub low_freq_factor: Option<f64>,
-    /// Llama 3 high-frequency factor.
-    #[serde(default)]
-    pub high_freq_factor: Option<f64>,
-    /// LongRoPE short factors (`head_dim / 2`).
-    #[serde(default)]
-    pub short_factor: Option<Vec<f64>>,
-    /// LongRoPE long factors (`head_dim / 2`).
-    #[serde(default)]
-    pub long_factor: Option<Vec<f64>>,
+    /// The RoPE type and its keys.
+    #[serde(flatten)]
+    pub scaling: RopeScaling,
 }
 
 impl RopeParams {
-    /// The keys set, as a transformers parameter dict (without `max_position_embeddings`).
-    fn to_map(&self) -> Map<String, Value> {
-        let v = serde_json::to_value(self).expect("rope parameters serialize");
-        let mut m: Map<String, Value> = v
-            .as_object()
-            .expect("a struct serializes to an object")
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        m.remove("max_position_embeddings");
-        m
-    }
-
-    /// The keys allowed for the type besides `rope_type`, `rope_theta` and
-    /// `max_position_embeddings`.
-    fn allowed(&self) -> &'static [&'static str] {
-        match self.rope_type {
-            RopeType::Default => &[],
-            RopeType::Linear | RopeType::Dynamic => &["factor"],
-            RopeType::Ntk => &["factor", "base"],
-            RopeType::Yarn => &[
-                "factor",
-                "original_max_position_embeddings",
-                "beta_fast",
-                "beta_slow",
-                "mscale",
-                "mscale_all_dim",
-                "attention_factor",
-                "truncate",
-            ],
-            RopeType::Llama3 => &[
-                "factor",
-                "low_freq_factor",
-                "high_freq_factor",
-                "original_max_position_embeddings",
-            ],
-            RopeType::Longrope => &[
-                "factor",
-                "short_factor",
-                "long_factor",
-                "attention_factor",
-                "original_max_position_embeddings",
-            ],
-        }
-    }
-
     /// `config` with this RoPE. The model's trained length (its RoPE's
     /// `original_max_position_embeddings` if it has one, else `max_position_embeddings`) becomes
     /// the new RoPE's original length, and `max_position_embeddings` is set as transformers
-    /// expects for the type: original x factor for linear, ntk (by factor), yarn, llama3 and
-    /// longrope; unchanged for default, ntk by base, and dynamic (whose threshold it is).
+    /// expects for the type ([`crate::model::rope::RopeKind::extended_length`]): original x
+    /// factor for linear, ntk (by factor), yarn, llama3 and longrope; unchanged for default, ntk
+    /// by base, and dynamic (whose threshold it is).
     pub fn apply(&self, config: &LlamaConfig) -> Result<LlamaConfig> {
-        let map = self.to_map();
-        let type_name = serde_json::to_value(self.rope_type).expect("enum serializes");
-        let type_name = type_name.as_str().unwrap_or("?");
-        let allowed = self.allowed();
-        if let Some(k) = map.keys().find(|k| {
-            !["rope_type", "rope_theta"].contains(&k.as_str()) && !allowed.contains(&k.as_str())
-        }) {
-            return Err(TrainError::param(
-                &format!("rope.{k}"),
-                format!("does not apply to rope_type `{type_name}`"),
-            ));
-        }
-        let trained_len = match &config.rope.scaling {
-            RopeScaling::Yarn {
-                original_max_position_embeddings: Some(o),
-                ..
-            }
-            | RopeScaling::Llama3 {
-                original_max_position_embeddings: Some(o),
-                ..
-            }
-            | RopeScaling::LongRope {
-                original_max_position_embeddings: Some(o),
-                ..
-            } => *o,
-            _ => config.max_position_embeddings,
-        };
-        let mut rope = RopeConfig::from_hf_parameters(&map, config.rope.theta, "rope")?;
-        let orig = self.original_max_position_embeddings.unwrap_or(trained_len);
-        let scaled = |f: f64| (orig as f64 * f).round() as usize;
-        let max_pos = match &mut rope.scaling {
-            RopeScaling::Default | RopeScaling::Dynamic { .. } => trained_len,
-            RopeScaling::Ntk { factor, .. } => factor.map_or(trained_len, scaled),
-            RopeScaling::Linear { factor } => scaled(*factor),
-            RopeScaling::Yarn {
-                factor,
-                original_max_position_embeddings: o,
-                ..
-            }
-            | RopeScaling::Llama3 {
-                factor,
-                original_max_position_embeddings: o,
-                ..
-            } => {
-                *o = Some(orig);
-                scaled(*factor)
-            }
-            RopeScaling::LongRope {
-                factor,
-                original_max_position_embeddings: o,
-                ..
-            } => {
-                *o = Some(orig);
-                factor.map_or(trained_len, scaled)
-            }
+        let trained_len = config
+            .rope
+            .scaling
+            .kind()
+            .original_length()
+            .unwrap_or(config.max_position_embeddings);
+        let mut scaling = self.scaling.clone();
+        let orig = scaling.kind().original_length().unwrap_or(trained_len);
+        scaling.kind_mut().set_original_length(orig);
+        let max_pos = self
+            .max_position_embeddings
+            .or_else(|| scaling.kind().extended_length(orig))
+            .unwrap_or(trained_len);
+        let rope = RopeConfig {
+            theta: self.rope_theta.unwrap_or(config.rope.theta),
+            scaling,
         };
         let mut out = config.clone().with_rope(rope);
-        out.max_position_embeddings = self.max_position_embeddings.unwrap_or(max_pos);
+        out.max_position_embeddings = max_pos;
         out.validate("rope")?;
         Ok(out)
     }
@@ -726,6 +583,7 @@ impl RopeParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::rope::Yarn;
 
     fn parse(text: &str) -> std::result::Result<TrainStageParams, toml::de::Error> {
         toml::from_str(text)
@@ -789,11 +647,11 @@ mod tests {
         assert_eq!(yarn.max_position_embeddings, 256);
         assert!(matches!(
             yarn.rope.scaling,
-            RopeScaling::Yarn {
+            RopeScaling::Yarn(Yarn {
                 original_max_position_embeddings: Some(64),
                 factor: 4.0,
                 ..
-            }
+            })
         ));
         // Extending the extended model again keeps the original length as the reference.
         let again = rope("rope_type = \"yarn\"\nfactor = 8.0")
@@ -813,12 +671,14 @@ mod tests {
             .unwrap();
         assert_eq!(ntk.rope.effective_theta(16), 1e6);
         assert_eq!(ntk.max_position_embeddings, 64);
-        let e = rope("rope_type = \"linear\"\nfactor = 4.0\nbeta_fast = 2.0")
-            .apply(&base)
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "`rope.beta_fast`: does not apply to rope_type `linear`"
+        // A key of another type is refused when the table is read.
+        let e =
+            toml::from_str::<RopeParams>("rope_type = \"linear\"\nfactor = 4.0\nbeta_fast = 2.0")
+                .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown field `beta_fast`, expected `factor`"),
+            "{e}"
         );
         let e = rope("rope_type = \"linear\"\nfactor = 0.5")
             .apply(&base)
@@ -827,7 +687,15 @@ mod tests {
             e.to_string().contains("factor must be a number >= 1"),
             "{e}"
         );
-        let e = rope("rope_type = \"yarn\"").apply(&base).unwrap_err();
+        let e = toml::from_str::<RopeParams>("rope_type = \"yarn\"").unwrap_err();
+        assert!(e.to_string().contains("missing field `factor`"), "{e}");
+        // The base and the length sit beside the type's keys.
+        let own = rope(
+            "rope_type = \"linear\"\nfactor = 2.0\nrope_theta = 5e5\nmax_position_embeddings = 100",
+        )
+        .apply(&base)
+        .unwrap();
+        assert_eq!((own.rope.theta, own.max_position_embeddings), (5e5, 100));
         assert!(e.to_string().contains("factor"), "{e}");
     }
 

@@ -5,6 +5,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Device;
 use ropelens::model::checkpoint::hf_tensors;
 use ropelens::model::llama::to_f32_vec;
+use ropelens::model::rope::{Linear, Yarn};
 use ropelens::model::{Llama, LlamaConfig, RopeConfig, RopeScaling, ids_tensor};
 
 fn tiny() -> LlamaConfig {
@@ -58,21 +59,12 @@ fn changing_rope_keeps_every_weight_and_changes_the_output() {
     let before = hf_tensors(&model);
     let ids = ids_tensor(&[(0..16).collect()], &device).unwrap();
     let y0 = to_f32_vec(model.forward(ids.clone()).unwrap());
-    let yarn = RopeConfig::new(1e4).with_scaling(RopeScaling::Yarn {
-        factor: 4.0,
-        original_max_position_embeddings: None,
-        beta_fast: 32.0,
-        beta_slow: 1.0,
-        mscale: None,
-        mscale_all_dim: None,
-        attention_factor: None,
-        truncate: true,
-    });
+    let yarn = RopeConfig::new(1e4).with_scaling(RopeScaling::Yarn(Yarn::new(4.0)));
     let model = model.with_rope(yarn.clone()).unwrap();
     assert_eq!(model.config().rope, yarn);
     assert_eq!(hf_tensors(&model), before);
     let y1 = to_f32_vec(model.forward(ids).unwrap());
     assert!(y0.iter().zip(&y1).any(|(a, b)| (a - b).abs() > 1e-4));
-    let bad = RopeConfig::new(1e4).with_scaling(RopeScaling::Linear { factor: 0.5 });
+    let bad = RopeConfig::new(1e4).with_scaling(RopeScaling::Linear(Linear { factor: 0.5 }));
     assert!(model.with_rope(bad).is_err());
 }

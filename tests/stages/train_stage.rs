@@ -126,11 +126,11 @@ fn pretrain_then_extend_with_yarn() {
     assert_eq!(e.max_position_embeddings, 128);
     assert!(matches!(
         e.rope.scaling,
-        RopeScaling::Yarn {
+        RopeScaling::Yarn(ropelens::model::rope::Yarn {
             original_max_position_embeddings: Some(32),
             factor: 4.0,
             ..
-        }
+        })
     ));
     // Same architecture, trained further: every tensor keeps its shape, values moved.
     let (a, b) = (hf_tensors(&model), hf_tensors(&extended));

@@ -265,10 +265,10 @@ fn rope_change_keeps_every_weight_and_changes_only_frequencies() {
     assert_eq!(ec.max_position_embeddings, 64);
     assert!(matches!(
         ec.rope.scaling,
-        RopeScaling::Yarn {
+        RopeScaling::Yarn(ropelens::model::rope::Yarn {
             original_max_position_embeddings: Some(16),
             ..
-        }
+        })
     ));
     // Everything but the RoPE and the length is the same config.
     let mut same = ec.clone();
