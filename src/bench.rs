@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::pipeline::cache::Cache;
 use crate::pipeline::exec::{ExecOptions, Selection};
+use crate::pipeline::executor::local::{LocalExecutor, gpu_count};
 
 fn pipeline_text(instances: usize) -> String {
     let half = instances.div_ceil(2).max(1);
@@ -48,7 +49,8 @@ pub fn runner(instances: usize, reps: usize) -> Result<()> {
         let t0 = Instant::now();
         let plan = crate::pipeline::plan(&file, &[], &cache, &Selection::default())?;
         let n = plan.graph.instances.len();
-        crate::pipeline::run(&plan, &cache, &quiet)?;
+        let mut local = LocalExecutor::new(quiet.jobs, gpu_count());
+        crate::pipeline::run(&plan, &cache, &quiet, &mut local)?;
         println!(
             "cold build of {n} instances: {:.0} ms",
             t0.elapsed().as_secs_f64() * 1e3
@@ -57,7 +59,7 @@ pub fn runner(instances: usize, reps: usize) -> Result<()> {
         for _ in 0..reps.max(1) {
             let t = Instant::now();
             let plan = crate::pipeline::plan(&file, &[], &cache, &Selection::default())?;
-            let s = crate::pipeline::run(&plan, &cache, &quiet)?;
+            let s = crate::pipeline::run(&plan, &cache, &quiet, &mut local)?;
             in_process.push(t.elapsed().as_secs_f64() * 1e3);
             if s.built != 0 {
                 return Err(Error::Usage(format!(

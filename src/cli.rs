@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::error::{Error, Result};
 use crate::pipeline::cache::Cache;
 use crate::pipeline::exec::{ExecOptions, Selection};
+use crate::pipeline::executor::{self as executors, ExecutorName, ExecutorOptions};
 use crate::pipeline::graph::DagFormat;
 use crate::pipeline::{self, schema};
 use crate::stages::StageKind;
@@ -86,6 +87,15 @@ pub enum Command {
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
+        /// Where instances run (default: the pipeline's `executor`, else local).
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorName>,
+    },
+    /// Run one prepared job (what a Slurm job runs on its node).
+    #[command(hide = true)]
+    Exec {
+        /// The job description (`<cache>/jobs/<key>/job.json`).
+        job: PathBuf,
     },
     /// Print each instance as cached, run or stale, with the reason.
     Status {
@@ -167,6 +177,29 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// The evaluation of a checkpoint at long lengths (`eval_ppl`'s NLL, or the attention
+    /// stage's entropy or distance pass) on one random window per length; compare with
+    /// `python bench/torch_eval.py run DIR --lengths ...` on the same machine.
+    Eval {
+        /// Hugging Face checkpoint directory (config.json + safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Window lengths in tokens.
+        #[arg(long, num_args = 1.., required = true)]
+        lengths: Vec<usize>,
+        /// What to time.
+        #[arg(long, value_enum, default_value = "ppl")]
+        work: crate::eval::bench::EvalWork,
+        /// Timed repetitions per length (the median is reported).
+        #[arg(long, default_value_t = 1)]
+        iters: usize,
+        /// Positions per head/loss chunk (the `eval_ppl` stage's `chunk`).
+        #[arg(long, default_value_t = 1024)]
+        chunk: usize,
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Tokenizing a generated corpus with a trained BPE tokenizer, against the Python
     /// `tokenizers` package on the same file when `--python` is given.
     Tokenize {
@@ -200,6 +233,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             jobs,
             keep_going,
             quiet,
+            executor,
         } => {
             let t0 = Instant::now();
             let cache = Cache::from_env();
@@ -208,8 +242,13 @@ fn dispatch(cli: Cli) -> Result<()> {
                 print!("{}", plan.describe());
                 return Ok(());
             }
-            let jobs =
-                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let executor = executor.unwrap_or(plan.pipeline.header.executor);
+            let jobs = jobs.unwrap_or_else(|| match executor {
+                ExecutorName::Local => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                // How many jobs to keep submitted; Slurm decides where and when they run.
+                ExecutorName::Slurm => 1000,
+            });
+            let mut exec = executors::make(executor, &ExecutorOptions { jobs }, &cache)?;
             let summary = pipeline::run(
                 &plan,
                 &cache,
@@ -218,6 +257,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     keep_going,
                     quiet,
                 },
+                exec.as_mut(),
             )?;
             if !quiet {
                 eprintln!(
@@ -230,14 +270,21 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Exec { job } => executors::slurm::exec_job(&job),
         Command::Status { load, select } => {
-            let plan = pipeline::plan(
-                &load.file,
-                &load.sets,
-                &Cache::from_env(),
-                &select.selection(),
-            )?;
+            let cache = Cache::from_env();
+            let plan = pipeline::plan(&load.file, &load.sets, &cache, &select.selection())?;
             print!("{}", plan.describe());
+            // Jobs of a run in progress (or of one whose submitter died) on a cluster.
+            let keys: Vec<&str> = (0..plan.records.len())
+                .filter(|&i| plan.included[i] && plan.status[i].builds())
+                .map(|i| plan.key(i))
+                .collect();
+            for (key, h) in executors::slurm::live_jobs(&cache, &keys) {
+                if let Some(r) = plan.records.iter().find(|r| r.key == key) {
+                    println!("slurm job {} {} {}", h.job_id, h.state, r.instance);
+                }
+            }
             Ok(())
         }
         Command::Dag { load, format } => {
@@ -297,6 +344,41 @@ fn bench_command(command: BenchCommand) -> Result<()> {
             );
             Ok(())
         }
+        BenchCommand::Eval {
+            model,
+            lengths,
+            work,
+            iters,
+            chunk,
+            device,
+        } => {
+            let dev = crate::device::device(&device).map_err(|e| failed(&e))?;
+            let threads = rayon::current_num_threads();
+            let load_s = crate::eval::bench::bench_eval(
+                &model,
+                &dev,
+                &lengths,
+                work,
+                iters,
+                chunk,
+                &mut |r| {
+                    println!(
+                        "{{\"impl\":\"ropelens\",\"work\":\"{work:?}\",\"threads\":{threads},\"length\":{},\"seconds\":{:.3},\"cpu_s\":{:.3},\"all_s\":{:?},\"tokens_per_s\":{:.1},\"peak_rss_mib\":{:.1},\"decode_token_s\":{}}}",
+                        r.length,
+                        r.seconds,
+                        r.cpu_s,
+                        r.all_seconds,
+                        r.tokens_per_s,
+                        r.peak_rss_mib,
+                        r.decode_token_s
+                            .map_or("null".to_string(), |s| format!("{s:.4}"))
+                    )
+                },
+            )
+            .map_err(|e| failed(&e))?;
+            println!("{{\"load_s\":{load_s:.3}}}");
+            Ok(())
+        }
         BenchCommand::Tokenize { megabytes, python } => {
             use crate::data::bench::{BenchTokenizeParams, bench_tokenize};
             let params = BenchTokenizeParams {
@@ -345,11 +427,7 @@ fn report_command(load: &LoadArgs) -> Result<()> {
         let opts: ReportOptions = serde_json::from_value(inst.params.clone())
             .map_err(|e| Error::Usage(format!("stage `{}`: report options: {e}", inst.name)))?;
         // The same place the runner publishes a report stage's output to.
-        let out = if reports.len() > 1 {
-            dir.join(&inst.name)
-        } else {
-            dir.clone()
-        };
+        let out = pipeline::results::publish_target(dir, &inst.name, reports.len() > 1);
         let summary = write_report(dir, &out, &opts)
             .map_err(|e| Error::Usage(format!("report `{}`: {e}", inst.name)))?;
         println!(

@@ -11,6 +11,7 @@ pub mod model;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod signals;
 pub mod stages;
 pub mod tables;
 pub mod train;

@@ -1,14 +1,12 @@
-//! A long window run through the model a chunk of positions at a time with the KV cache, so
-//! that nothing of size `[seq, vocab]` or `[seq, seq]` is ever held: only one chunk's logits
-//! `[batch, chunk, vocab]` and the cache (linear in length).
+//! Long windows without `[seq, vocab]` or `[seq, seq]` ever held.
 //!
-//! Every chunk's RoPE uses the frequencies of the whole window (`rope_len`), so the result
-//! equals one forward over the window, also for dynamic NTK and LongRoPE. After the first
-//! chunk the model attends with its blockwise kernel over the cache, which on the CPU backend
-//! is about twice as fast at 8K-16K tokens as burn's fused attention that a plain forward uses.
-
-use burn::tensor::Tensor;
-use burn::tensor::activation::log_softmax;
+//! - [`window_nll`]: one forward over the window (the attention is flash-style, linear in
+//!   length), then the head and the loss `chunk` positions at a time, so at most
+//!   `[batch, chunk, vocab]` logits are alive.
+//! - [`forward_chunks`]: the window `chunk` positions at a time through the KV cache, handing
+//!   back each chunk's attention entropy (no head: the entropy pass needs no logits). Every
+//!   chunk's RoPE uses the frequencies of the whole window (`rope_len`), so the result equals
+//!   one forward over the window, also for dynamic NTK and LongRoPE.
 
 use crate::model::llama::to_f32_vec;
 use crate::model::{AttentionBlocks, KvCache, Llama, ids_tensor};
@@ -21,10 +19,8 @@ pub struct ChunkOutput {
     pub start: usize,
     /// Positions in the chunk.
     pub len: usize,
-    /// `[batch, len, vocab]` logits.
-    pub logits: Tensor<3>,
     /// `[layers, batch, heads, len]` attention entropy (nats) of the chunk's queries, if asked.
-    pub entropy: Option<Tensor<4>>,
+    pub entropy: Option<burn::tensor::Tensor<4>>,
 }
 
 /// Runs the windows `rows` (equal lengths) `chunk` positions at a time, handing each chunk's
@@ -52,12 +48,10 @@ pub fn forward_chunks(
             .map(|r| r[start..start + len].to_vec())
             .collect();
         let ids = ids_tensor(&part, &device)?;
-        let (logits, ent) =
-            model.forward_cached_with_rope_len(ids, &mut cache, entropy, Some(t))?;
+        let (_, ent) = model.forward_cached_hidden(ids, &mut cache, entropy, Some(t))?;
         visit(ChunkOutput {
             start,
             len,
-            logits,
             entropy: ent,
         })?;
     }
@@ -65,35 +59,18 @@ pub fn forward_chunks(
 }
 
 /// Per-token NLL `[batch][t - 1]` (nats) of the windows: entry `i` is the NLL of token `i + 1`
-/// given tokens `0..=i`.
+/// given tokens `0..=i`. One forward, the head applied `chunk` positions at a time.
 pub fn window_nll(model: &Llama, rows: &[Vec<u32>], chunk: usize) -> Result<Vec<Vec<f64>>> {
     let t = rows.first().map_or(0, Vec::len);
-    if t < 2 {
+    if t < 2 || rows.iter().any(|r| r.len() != t) {
         return Err(EvalError::Input(format!(
-            "NLL needs windows of at least 2 tokens, got {t}"
+            "NLL needs windows of equal length, at least 2 tokens, got {t}"
         )));
     }
-    let device = model.device();
-    let mut out = vec![Vec::with_capacity(t - 1); rows.len()];
-    forward_chunks(model, rows, chunk, None, &mut |c| {
-        // Positions start..start + n predict tokens start + 1..start + n + 1 (the window's
-        // last position predicts nothing).
-        let n = c.len.min(t - 1 - c.start);
-        if n == 0 {
-            return Ok(());
-        }
-        let logp = log_softmax(c.logits.narrow(1, 0, n), 2);
-        let targets: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|r| r[c.start + 1..c.start + 1 + n].to_vec())
-            .collect();
-        // [batch, n, 1]
-        let targets = ids_tensor(&targets, &device)?.unsqueeze_dim::<3>(2);
-        let nll = to_f32_vec(logp.gather(2, targets).neg());
-        for (b, o) in out.iter_mut().enumerate() {
-            o.extend(nll[b * n..(b + 1) * n].iter().map(|&v| v as f64));
-        }
-        Ok(())
-    })?;
-    Ok(out)
+    let ids = ids_tensor(rows, &model.device())?;
+    let nll = to_f32_vec(model.nll(ids, chunk)?);
+    Ok(nll
+        .chunks(t - 1)
+        .map(|r| r.iter().map(|&v| v as f64).collect())
+        .collect())
 }

@@ -10,6 +10,7 @@
 //! [`crate::tables`]. See docs/eval.md.
 
 pub mod attention;
+pub mod bench;
 pub mod chunked;
 pub mod needle;
 pub mod ppl;

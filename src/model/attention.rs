@@ -6,11 +6,13 @@
 //!   and it can hand back the probabilities.
 //! - [`attend_fused`]: burn's fused attention (flash-style, linear memory on the CPU backend).
 //!   Inference without statistics uses it.
-//! - [`attend_blockwise`]: our own flash-style loop over query and key blocks with an online
+//! - [`attend_blockwise`]: a flash-style loop over query and key blocks with an online
 //!   log-sum-exp that also accumulates each query's attention entropy
 //!   `H = ln l - (sum_j e^(s_j - m) (s_j - m)) / l` (nats), so memory stays linear in length.
+//!   On burn's CPU backend without autodiff it is the fused kernel of [`super::flash`];
+//!   elsewhere (CUDA) it is built from tensor ops.
 //! - [`distance_sums`]: a second pass over the blocks that sums attention probabilities by
-//!   relative distance `d = query position - key position`.
+//!   relative distance `d = query position - key position` (also [`super::flash`] on the CPU).
 //!
 //! Shapes: queries `[batch, heads, q_len, head_dim]`, keys and values
 //! `[batch, kv_heads, k_len, head_dim]`. Query `i` sits at key position `i + q_offset` and sees
@@ -19,6 +21,9 @@
 use burn::tensor::module::attention as fused_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData, activation::softmax};
+
+use super::flash::{self, FlashShape};
+use super::llama::to_f32_vec;
 
 /// A finite "minus infinity" for masked scores in the blockwise loop: `exp` of it is 0 and,
 /// unlike -inf, `0 * (it - m)` stays 0 in the entropy sum.
@@ -32,6 +37,18 @@ pub struct AttentionBlocks {
     pub query: usize,
     /// Keys per block.
     pub key: usize,
+}
+
+impl AttentionBlocks {
+    /// The tile of the fused CPU kernel ([`super::flash`]): 128 queries per head (times the
+    /// heads sharing a KV head) against 512 keys; the score tile (768 KiB for 3 heads per KV
+    /// head) and its K/V blocks stay in L2. Tiles from 64x256 to 256x512 measured within 10%.
+    pub fn flash() -> Self {
+        AttentionBlocks {
+            query: 128,
+            key: 512,
+        }
+    }
 }
 
 impl Default for AttentionBlocks {
@@ -192,9 +209,15 @@ pub fn attend_blockwise(
     blocks: AttentionBlocks,
     want_entropy: bool,
 ) -> (Tensor<4>, Tensor<3>, Option<Tensor<3>>) {
+    let device = q.device();
+    if flash::available(&device) {
+        let shape = FlashShape::of(&q, &k, q_offset);
+        let (q, k, v) = (to_f32_vec(q), to_f32_vec(k), to_f32_vec(v));
+        return flash::flash_attention(&q, &k, &v, shape, blocks, want_entropy)
+            .into_tensors(shape, &device);
+    }
     let [_, heads, q_len, head_dim] = q.dims();
     let [_, kv_heads, k_len, _] = k.dims();
-    let device = q.device();
     let groups = heads / kv_heads;
     let k = repeat_kv(k, groups);
     let v = repeat_kv(v, groups);
@@ -287,9 +310,14 @@ pub fn distance_sums(
     blocks: AttentionBlocks,
     max_distance: usize,
 ) -> Vec<f64> {
+    let device = q.device();
+    if flash::available(&device) {
+        let shape = FlashShape::of(&q, &k, q_offset);
+        let (q, k, lse) = (to_f32_vec(q), to_f32_vec(k), to_f32_vec(lse));
+        return flash::distance_sums(&q, &k, &lse, shape, blocks, max_distance);
+    }
     let [batch, heads, q_len, head_dim] = q.dims();
     let [_, kv_heads, k_len, _] = k.dims();
-    let device = q.device();
     let k = repeat_kv(k, heads / kv_heads);
     let scale = (head_dim as f64).powf(-0.5);
     let (bq, bk) = (blocks.query.max(1), blocks.key.max(1));
@@ -328,7 +356,7 @@ pub fn distance_sums(
             .reshape([batch, heads, nq, width - 1]);
             // [h, nk + nq - 1]: column u holds i - j = u - (nk - 1)
             let diag = skewed.sum_dim(2).sum_dim(0).reshape([heads, width - 1]);
-            let values = super::llama::to_f32_vec(diag);
+            let values = to_f32_vec(diag);
             for h in 0..heads {
                 for u in 0..width - 1 {
                     let d = d_min + u as isize;
@@ -343,7 +371,7 @@ pub fn distance_sums(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution};
 
@@ -351,7 +379,7 @@ mod tests {
         super::super::llama::to_f32_vec(t)
     }
 
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    pub(crate) fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter()
             .zip(b)
@@ -360,13 +388,25 @@ mod tests {
     }
 
     fn inputs(nq: usize, nk: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [q, k, v] = random_qkv(4, 2, nq, nk, 8);
+        (q, k, v)
+    }
+
+    /// Random q `[2, heads, nq, d]`, k and v `[2, kv, nk, d]` on the CPU.
+    pub(crate) fn random_qkv(
+        heads: usize,
+        kv: usize,
+        nq: usize,
+        nk: usize,
+        d: usize,
+    ) -> [Tensor<4>; 3] {
         let dev = Device::flex();
-        let d = Distribution::Normal(0.0, 1.5);
-        (
-            Tensor::random([2, 4, nq, 8], d, &dev),
-            Tensor::random([2, 2, nk, 8], d, &dev),
-            Tensor::random([2, 2, nk, 8], d, &dev),
-        )
+        let n = Distribution::Normal(0.0, 1.5);
+        [
+            Tensor::random([2, heads, nq, d], n, &dev),
+            Tensor::random([2, kv, nk, d], n, &dev),
+            Tensor::random([2, kv, nk, d], n, &dev),
+        ]
     }
 
     #[test]

@@ -71,12 +71,7 @@ pub fn greedy_decode(model: &Llama, prompt: &[u32], opts: &GreedyOptions) -> Res
     let mut cache = KvCache::new(model.config().num_hidden_layers);
     let n = prompt.len();
     if n > 1 {
-        model.forward_cached_with_rope_len(
-            row(&prompt[..n - 1], &device),
-            &mut cache,
-            None,
-            Some(n),
-        )?;
+        model.forward_cached_hidden(row(&prompt[..n - 1], &device), &mut cache, None, Some(n))?;
     }
     let blocks = opts.record_entropy.then(AttentionBlocks::default);
     let mut out = GreedyOutput {

@@ -23,6 +23,7 @@ use super::attention::{
 };
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
+use super::flash;
 use super::rope::{RopeConfig, cos_sin};
 
 /// A linear layer `y = x W + b` with `W` stored `[in, out]`.
@@ -404,6 +405,7 @@ impl Llama {
         // [b, t, hidden]
         let mut x = embedding(self.embed_tokens.val(), ids);
         let mut stats = Vec::with_capacity(self.layers.len());
+        let flash = flash::available(&device);
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let a = &layer.self_attn;
@@ -418,6 +420,10 @@ impl Llama {
             }
             let (o, stat) = match mode {
                 Mode::Materialized => (attend_materialized(q, k, v, start, false).0, Stat::None),
+                Mode::Fused if flash => (
+                    attend_blockwise(q, k, v, start, AttentionBlocks::flash(), false).0,
+                    Stat::None,
+                ),
                 Mode::Fused if start == 0 || t == 1 => (attend_fused(q, k, v, start), Stat::None),
                 Mode::Fused => (
                     attend_blockwise(q, k, v, start, AttentionBlocks::default(), false).0,
@@ -523,6 +529,9 @@ impl Llama {
             )));
         }
         let chunk = chunk.max(1);
+        if flash::available(&hidden.device()) {
+            return self.nll_on_host(hidden, ids, chunk);
+        }
         let mut parts = Vec::new();
         for s in (0..t - 1).step_by(chunk) {
             let n = chunk.min(t - 1 - s);
@@ -533,6 +542,44 @@ impl Llama {
             parts.push(logp.gather(2, target).reshape([b, n]).neg());
         }
         Ok(Tensor::cat(parts, 1))
+    }
+
+    /// [`Llama::nll_from_hidden`] on the CPU: each chunk's logits `[b, n, vocab]` are read once
+    /// on the host, where one vectorised pass per row gives `logsumexp - logit[target]`
+    /// (instead of a log-softmax over the whole chunk and a gather).
+    fn nll_on_host(
+        &self,
+        hidden: Tensor<3>,
+        ids: Tensor<2, Int>,
+        chunk: usize,
+    ) -> Result<Tensor<2>> {
+        let [b, t] = ids.dims();
+        let vocab = self.config.vocab_size;
+        let targets: Vec<i64> = ids
+            .clone()
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .expect("int tensor data converts to i64");
+        if let Some(bad) = targets.iter().find(|&&x| x < 0 || x as usize >= vocab) {
+            return Err(ModelError::Input(format!(
+                "token {bad} is not below vocab_size {vocab}"
+            )));
+        }
+        let mut nll = vec![0f32; b * (t - 1)];
+        for s in (0..t - 1).step_by(chunk) {
+            let n = chunk.min(t - 1 - s);
+            let mut logits = to_f32_vec(self.head(hidden.clone().narrow(1, s, n)));
+            for (r, row) in logits.chunks_mut(vocab).enumerate() {
+                let (bi, i) = (r / n, r % n);
+                let target = targets[bi * t + s + i + 1] as usize;
+                let picked = row[target];
+                nll[bi * (t - 1) + s + i] = flash::simd::logsumexp(row) - picked;
+            }
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(nll, [b, t - 1]),
+            &hidden.device(),
+        ))
     }
 
     /// Final hidden states and per-layer, per-head attention entropy of every query, the
@@ -654,6 +701,20 @@ impl Llama {
         entropy: Option<AttentionBlocks>,
         rope_len: Option<usize>,
     ) -> Result<(Tensor<3>, Option<Tensor<4>>)> {
+        let (hidden, ent) = self.forward_cached_hidden(ids, cache, entropy, rope_len)?;
+        Ok((self.head(hidden), ent))
+    }
+
+    /// [`Llama::forward_cached_with_rope_len`] without the head: final-norm hidden states
+    /// `[batch, n, hidden]` (a prompt's prefill, or an entropy pass, needs no logits; at 16K
+    /// tokens the head alone is about a teraflop and `[n, vocab]` floats).
+    pub fn forward_cached_hidden(
+        &self,
+        ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+        entropy: Option<AttentionBlocks>,
+        rope_len: Option<usize>,
+    ) -> Result<(Tensor<3>, Option<Tensor<4>>)> {
         self.check_ids(&ids)?;
         if cache.layers.len() != self.layers.len() {
             return Err(ModelError::Input(format!(
@@ -679,7 +740,7 @@ impl Llama {
                 0,
             )
         });
-        Ok((self.head(hidden), ent))
+        Ok((hidden, ent))
     }
 }
 

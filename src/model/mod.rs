@@ -8,6 +8,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod flash;
 pub mod generate;
 pub mod llama;
 pub mod rope;

@@ -107,9 +107,8 @@ impl Cache {
         )
     }
 
-    /// Take the lock of `key`, waiting for another process if needed (`on_wait` is called once
-    /// before waiting).
-    pub fn lock(&self, key: &str, on_wait: impl FnOnce()) -> Result<KeyLock> {
+    /// Take the lock of `key` if no other process holds it; `None` when one does.
+    pub fn try_lock(&self, key: &str) -> Result<Option<KeyLock>> {
         let dir = self.root.join("locks");
         fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
         let path = dir.join(format!("{key}.lock"));
@@ -120,15 +119,10 @@ impl Cache {
             .open(&path)
             .map_err(|e| Error::io("cannot open lock", &path, e))?;
         match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                on_wait();
-                file.lock()
-                    .map_err(|e| Error::io("cannot lock", &path, e))?;
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("cannot lock", &path, e)),
+            Ok(()) => Ok(Some(KeyLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &path, e)),
         }
-        Ok(KeyLock { _file: file })
     }
 
     /// Prepare the build directory of `key`: the kept partial of a failed or killed attempt for

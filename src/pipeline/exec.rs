@@ -1,25 +1,28 @@
 //! Planning (keys, statuses, selection) and the parallel scheduler.
 //!
 //! Planning computes every instance's key in topological order and decides, cargo-style, what
-//! is cached, what must run and why. Execution is cargo's job queue in miniature: the main
-//! thread owns all state, instances whose upstream is done start on scoped worker threads when a
-//! `-j` slot and their resources (one GPU) are free, and workers report back over a channel. A
-//! failure stops new starts unless `--keep-going`, which only skips what depends on it.
+//! is cached, what must run and why (typed: [`Status`], [`RunReason`]). Execution is cargo's job
+//! queue in miniature: the main thread owns all state; an instance whose upstream is done and
+//! whose resources fit the executor is [`prepare`]d (its key locked, its build directory made,
+//! its [`Job`] written), submitted to the [`Executor`], and [`finish`]ed (committed, unlocked)
+//! when the executor reports its end. A failure stops new starts unless `--keep-going`, which
+//! only skips what depends on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::time::Instant;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::cache::Cache;
+use super::cache::{Cache, KeyLock};
+use super::executor::Executor;
 use super::graph::Graph;
+use super::job::{Failure, Job};
 use super::key::{FileHasher, KeyFields, KeyRecord, canonical, compare};
 use super::spec::Pipeline;
-use super::ui::Ui;
+use super::ui::{InstanceProgress, Ui};
 use crate::error::{Error, Result};
-use crate::stages::{Ctx, Resources, Upstream};
+use crate::stages::{Resources, Upstream};
 
 /// What a run should do.
 #[derive(Debug, Clone, Default)]
@@ -31,13 +34,37 @@ pub struct Selection {
     pub force_all: bool,
 }
 
+/// Why an instance that is not stale must be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunReason {
+    /// Never built for this pipeline.
+    New,
+    /// `--force` / `--force-all`.
+    Forced,
+    /// Built before with another key whose fields compare equal (e.g. a kind version).
+    Missing,
+    /// Built before with this very key, but the entry is gone.
+    EntryRemoved,
+}
+
+impl std::fmt::Display for RunReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunReason::New => "new",
+            RunReason::Forced => "forced",
+            RunReason::Missing => "missing",
+            RunReason::EntryRemoved => "missing: its cache entry was removed",
+        })
+    }
+}
+
 /// Why an instance will (or will not) run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     /// Its entry is in the cache.
     Cached,
-    /// It must be built: `new`, `missing ...` or `forced`.
-    Run(String),
+    /// It must be built.
+    Run(RunReason),
     /// Its key changed since it was last built; the reasons say how.
     Stale(Vec<String>),
     /// Not built and not needed: everything that needs it is cached or unselected.
@@ -62,7 +89,7 @@ impl Status {
     pub fn reason(&self) -> String {
         match self {
             Status::Cached => String::new(),
-            Status::Run(r) => r.clone(),
+            Status::Run(r) => r.to_string(),
             Status::Stale(r) => r.join("; "),
             Status::Unneeded => "nothing selected needs it".into(),
         }
@@ -113,18 +140,18 @@ impl Plan {
             }
             out.push('\n');
         }
-        let count = |w: &str| {
+        let count = |f: fn(&Status) -> bool| {
             self.status
                 .iter()
                 .zip(&self.included)
-                .filter(|(s, inc)| **inc && s.word() == w)
+                .filter(|(s, inc)| **inc && f(s))
                 .count()
         };
         out.push_str(&format!(
             "{} cached, {} to run, {} stale\n",
-            count("cached"),
-            count("run"),
-            count("stale")
+            count(|s| matches!(s, Status::Cached)),
+            count(|s| matches!(s, Status::Run(_))),
+            count(|s| matches!(s, Status::Stale(_)))
         ));
         out
     }
@@ -188,7 +215,11 @@ pub fn plan(pipeline: Pipeline, graph: Graph, cache: &Cache, sel: &Selection) ->
             fields,
             upstream,
         });
-        resources.push(kind.resources(&inst.params, device).map_err(bad)?);
+        resources.push(
+            stage
+                .resources
+                .apply(kind.resources(&inst.params, device).map_err(bad)?),
+        );
         resumable.push(kind.resumable(&inst.params).map_err(bad)?);
     }
     hasher.save();
@@ -250,21 +281,19 @@ pub fn plan(pipeline: Pipeline, graph: Graph, cache: &Cache, sel: &Selection) ->
             status[i] = Status::Cached;
         } else if builds {
             status[i] = if forced[i] {
-                Status::Run("forced".into())
+                Status::Run(RunReason::Forced)
             } else {
                 match cache.last_record(&pipeline.header.name, &graph.instances[i].name) {
-                    Some(old) if old.key == records[i].key => {
-                        Status::Run("missing: its cache entry was removed".into())
-                    }
+                    Some(old) if old.key == records[i].key => Status::Run(RunReason::EntryRemoved),
                     Some(old) => {
                         let reasons = compare(&old, &records[i]);
                         if reasons.is_empty() {
-                            Status::Run("missing".into())
+                            Status::Run(RunReason::Missing)
                         } else {
                             Status::Stale(reasons)
                         }
                     }
-                    None => Status::Run("new".into()),
+                    None => Status::Run(RunReason::New),
                 }
             };
         }
@@ -288,17 +317,38 @@ pub struct ExecOptions {
     pub quiet: bool,
 }
 
+/// Why an instance that had to be built was not started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// An instance it needs failed or was skipped itself.
+    UpstreamFailed(String),
+    /// Nothing failed, yet an upstream instance never became available.
+    Unavailable,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::UpstreamFailed(u) => write!(f, "upstream `{u}` did not build"),
+            Skip::Unavailable => f.write_str("an upstream instance was not available"),
+        }
+    }
+}
+
 /// What happened to one instance.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
+    /// In the cache before the run, or built meanwhile by another run.
     Cached,
     Built,
-    Failed(String),
-    Skipped(String),
+    Failed(Failure),
+    Skipped(Skip),
+    /// Not started: a failure stopped the run first.
     NotRun,
 }
 
 impl Outcome {
+    /// The word in `runs.parquet`'s `status` column.
     pub fn word(&self) -> &'static str {
         match self {
             Outcome::Cached => "cached",
@@ -306,6 +356,15 @@ impl Outcome {
             Outcome::Failed(_) => "failed",
             Outcome::Skipped(_) => "skipped",
             Outcome::NotRun => "not-run",
+        }
+    }
+
+    /// The error of a failed or skipped instance, as `runs.parquet` records it.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Outcome::Failed(f) => Some(f.to_string()),
+            Outcome::Skipped(s) => Some(s.to_string()),
+            _ => None,
         }
     }
 }
@@ -319,18 +378,121 @@ pub struct Report {
     pub seconds: f64,
 }
 
-enum Msg {
-    Done(
-        usize,
-        std::result::Result<bool, String>,
-        DateTime<Utc>,
-        DateTime<Utc>,
-        f64,
-    ),
+/// An instance this run builds: its job, and its key's lock, held until [`finish`].
+pub struct Claim {
+    pub job: Job,
+    record: KeyRecord,
+    _lock: KeyLock,
 }
 
-/// Build what the plan says must be built. Returns one report per instance.
-pub fn execute(plan: &Plan, cache: &Cache, opts: &ExecOptions) -> Vec<Report> {
+/// What [`prepare`] found.
+pub enum Prepared {
+    /// Another process holds the key's lock (it is building it): try again later.
+    Busy,
+    /// Another run built it since the plan was made.
+    Cached,
+    /// This run builds it.
+    Build(Box<Claim>),
+}
+
+impl Plan {
+    /// The job of instance `i`, built into `out_dir`.
+    pub fn job(&self, i: usize, cache: &Cache, out_dir: PathBuf) -> Job {
+        let inst = &self.graph.instances[i];
+        let stage = &self.pipeline.stages[inst.stage];
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        let needs: BTreeMap<String, Vec<Upstream>> = inst
+            .needs
+            .iter()
+            .map(|(name, ups)| {
+                let list = ups
+                    .iter()
+                    .map(|&u| {
+                        let ui = &self.graph.instances[u];
+                        let ustage = &self.pipeline.stages[ui.stage];
+                        Upstream {
+                            stage: ustage.name.clone(),
+                            instance: ui.name.clone(),
+                            kind: ustage.kind.kind().to_string(),
+                            dir: absolute(cache.entry(self.key(u))),
+                            matrix: ui.matrix_columns().into_iter().collect(),
+                            params: ui.params.clone(),
+                        }
+                    })
+                    .collect();
+                (name.clone(), list)
+            })
+            .collect();
+        Job {
+            key: self.key(i).to_string(),
+            pipeline: self.pipeline.header.name.clone(),
+            stage: stage.name.clone(),
+            instance: inst.name.clone(),
+            kind: stage.kind.kind().to_string(),
+            params: inst.params.clone(),
+            needs,
+            seed: inst.seed,
+            device: self.pipeline.header.device.clone(),
+            pipeline_dir: absolute(self.pipeline.dir.clone()),
+            out_dir: absolute(out_dir),
+            resources: self.resources[i].clone(),
+            resumable: self.resumable[i],
+        }
+    }
+}
+
+/// Take instance `i`'s key lock without waiting and, unless another run built it meanwhile,
+/// prepare its build directory and job (scheduler side; just's `CacheStatus::Miss(CacheLock)`).
+/// `keep_partial`: a job of an earlier run still writes the build directory (re-attach).
+pub fn prepare(
+    plan: &Plan,
+    cache: &Cache,
+    i: usize,
+    keep_partial: bool,
+) -> std::result::Result<Prepared, Failure> {
+    let record = &plan.records[i];
+    let cache_err = |e: Error| Failure::Cache(e.to_string());
+    let Some(lock) = cache.try_lock(&record.key).map_err(cache_err)? else {
+        return Ok(Prepared::Busy);
+    };
+    let forced = plan.status[i] == Status::Run(RunReason::Forced);
+    if !forced && cache.has(&record.key) {
+        cache.write_record(record).map_err(cache_err)?;
+        return Ok(Prepared::Cached);
+    }
+    let out_dir = cache
+        .begin(&record.key, plan.resumable[i] || keep_partial)
+        .map_err(cache_err)?;
+    Ok(Prepared::Build(Box::new(Claim {
+        job: plan.job(i, cache, out_dir),
+        record: record.clone(),
+        _lock: lock,
+    })))
+}
+
+/// Commit a claim's build when its job succeeded, then release its lock.
+pub fn finish(
+    cache: &Cache,
+    claim: Claim,
+    result: std::result::Result<(), Failure>,
+) -> std::result::Result<(), Failure> {
+    result?;
+    let cache_err = |e: Error| Failure::Cache(e.to_string());
+    cache.commit(&claim.record).map_err(cache_err)?;
+    cache.write_record(&claim.record).map_err(cache_err)
+}
+
+/// How long the scheduler waits for an executor event before looking again (locks held by
+/// other runs, Ctrl-C).
+const TICK: Duration = Duration::from_millis(200);
+
+/// Build what the plan says must be built on `executor`. Returns one report per instance.
+pub fn execute(
+    plan: &Plan,
+    cache: &Cache,
+    opts: &ExecOptions,
+    executor: &mut dyn Executor,
+) -> Vec<Report> {
     let n = plan.graph.instances.len();
     let mut reports: Vec<Report> = (0..n)
         .map(|i| Report {
@@ -354,198 +516,167 @@ pub fn execute(plan: &Plan, cache: &Cache, opts: &ExecOptions) -> Vec<Report> {
             weight[u] += weight[i] + 1;
         }
     }
+    let catches = executor.catches_interrupt();
+    if catches {
+        crate::signals::catch_interrupt();
+    }
     let mut waiting: BTreeSet<usize> = to_build.iter().copied().collect();
-    let mut running: BTreeMap<usize, Option<super::ui::InstanceProgress>> = BTreeMap::new();
-    let mut gpu_busy = 0u32;
+    let mut busy_noted: BTreeSet<usize> = BTreeSet::new();
+    let mut running: BTreeMap<usize, (Claim, InstanceProgress)> = BTreeMap::new();
     let mut stop = false;
-    let jobs = opts.jobs.max(1);
-    let (tx, rx) = mpsc::channel::<Msg>();
-    std::thread::scope(|scope| {
-        loop {
-            // Skip whatever depends on a failure.
-            let doomed: Vec<(usize, String)> = waiting
+    loop {
+        if catches && crate::signals::interrupted() {
+            ui.println("interrupted: cancelling every job of this run");
+            executor.cancel_all();
+            for (i, (_claim, progress)) in std::mem::take(&mut running) {
+                ui.finish(
+                    Some(progress),
+                    &format!("CANCELLED {}", plan.graph.instances[i].name),
+                );
+                reports[i].outcome = Outcome::Failed(Failure::Interrupted);
+            }
+            stop = true;
+            break;
+        }
+        // Skip whatever depends on a failure.
+        let doomed: Vec<(usize, Skip)> = waiting
+            .iter()
+            .filter_map(|&i| {
+                plan.graph
+                    .upstream(i)
+                    .into_iter()
+                    .find(|&u| {
+                        matches!(reports[u].outcome, Outcome::Failed(_) | Outcome::Skipped(_))
+                    })
+                    .map(|u| {
+                        (
+                            i,
+                            Skip::UpstreamFailed(plan.graph.instances[u].name.clone()),
+                        )
+                    })
+            })
+            .collect();
+        for (i, why) in doomed {
+            waiting.remove(&i);
+            ui.finish(
+                None,
+                &format!("skip  {} ({why})", plan.graph.instances[i].name),
+            );
+            reports[i].outcome = Outcome::Skipped(why);
+        }
+        // Whether an instance ended without running (cached meanwhile, failed to prepare),
+        // which may make others ready.
+        let mut settled = false;
+        if !stop {
+            let mut ready: Vec<usize> = waiting
                 .iter()
-                .filter_map(|&i| {
+                .copied()
+                .filter(|&i| {
                     plan.graph
                         .upstream(i)
-                        .into_iter()
-                        .find_map(|u| match &reports[u].outcome {
-                            Outcome::Failed(_) | Outcome::Skipped(_) => Some((
-                                i,
-                                format!(
-                                    "upstream `{}` did not build",
-                                    plan.graph.instances[u].name
-                                ),
-                            )),
-                            _ => None,
-                        })
+                        .iter()
+                        .all(|&u| matches!(reports[u].outcome, Outcome::Built | Outcome::Cached))
                 })
                 .collect();
-            for (i, why) in doomed {
-                waiting.remove(&i);
-                ui.finish(
-                    None,
-                    &format!("skip  {} ({why})", plan.graph.instances[i].name),
-                );
-                reports[i].outcome = Outcome::Skipped(why);
-            }
-            if !stop {
-                let mut ready: Vec<usize> = waiting
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        plan.graph.upstream(i).iter().all(|&u| {
-                            matches!(reports[u].outcome, Outcome::Built | Outcome::Cached)
-                        })
-                    })
-                    .collect();
-                ready.sort_by_key(|&i| (std::cmp::Reverse(weight[i]), i));
-                for i in ready {
-                    if running.len() >= jobs {
-                        break;
-                    }
-                    let gpu = plan.resources[i].gpu;
-                    if gpu > 0 && gpu_busy > 0 {
-                        continue;
-                    }
-                    gpu_busy += gpu;
-                    waiting.remove(&i);
-                    let progress = ui.start(&plan.graph.instances[i].name);
-                    running.insert(i, Some(progress.clone()));
-                    let tx = tx.clone();
-                    scope.spawn(move || {
-                        let started = Utc::now();
-                        let t0 = Instant::now();
-                        let result = build_one(plan, cache, i, &progress);
-                        let _ = tx.send(Msg::Done(
-                            i,
-                            result,
-                            started,
-                            Utc::now(),
-                            t0.elapsed().as_secs_f64(),
-                        ));
-                    });
+            ready.sort_by_key(|&i| (std::cmp::Reverse(weight[i]), i));
+            for i in ready {
+                if !executor.fits(&plan.resources[i]) {
+                    continue;
                 }
-            }
-            if running.is_empty() {
-                break;
-            }
-            let Ok(Msg::Done(i, result, started, finished, secs)) = rx.recv() else {
-                break;
-            };
-            let progress = running.remove(&i).flatten();
-            gpu_busy -= plan.resources[i].gpu.min(gpu_busy);
-            let name = &plan.graph.instances[i].name;
-            reports[i].started_at = Some(started);
-            reports[i].finished_at = Some(finished);
-            reports[i].seconds = secs;
-            match result {
-                Ok(true) => {
-                    reports[i].outcome = Outcome::Built;
-                    ui.finish(progress, &format!("built {name} in {secs:.1}s"));
-                }
-                Ok(false) => {
-                    reports[i].outcome = Outcome::Cached;
-                    ui.finish(progress, &format!("cached {name} (built by another run)"));
-                }
-                Err(e) => {
-                    ui.finish(
-                        progress,
-                        &format!(
-                            "FAILED {name} after {secs:.1}s: {}",
-                            e.lines().next().unwrap_or("")
-                        ),
-                    );
-                    reports[i].outcome = Outcome::Failed(e);
-                    if !opts.keep_going {
-                        stop = true;
+                let name = &plan.graph.instances[i].name;
+                match prepare(plan, cache, i, executor.attachable(plan.key(i))) {
+                    Ok(Prepared::Busy) => {
+                        if busy_noted.insert(i) {
+                            ui.println(&format!(
+                                "  {name}: waiting for another pipe run building the same key"
+                            ));
+                        }
                     }
+                    Ok(Prepared::Cached) => {
+                        settled = true;
+                        waiting.remove(&i);
+                        reports[i].outcome = Outcome::Cached;
+                        ui.finish(None, &format!("cached {name} (built by another run)"));
+                    }
+                    Ok(Prepared::Build(claim)) => {
+                        waiting.remove(&i);
+                        let progress = ui.start(name);
+                        match executor.submit(i, &claim.job, progress.clone()) {
+                            Ok(()) => {
+                                running.insert(i, (*claim, progress));
+                            }
+                            Err(f) => {
+                                settled = true;
+                                ui.finish(Some(progress), &format!("FAILED {name}: {f}"));
+                                reports[i].outcome = Outcome::Failed(f);
+                                stop |= !opts.keep_going;
+                            }
+                        }
+                    }
+                    Err(f) => {
+                        settled = true;
+                        waiting.remove(&i);
+                        ui.finish(None, &format!("FAILED {name}: {f}"));
+                        reports[i].outcome = Outcome::Failed(f);
+                        stop |= !opts.keep_going;
+                    }
+                }
+                if stop {
+                    break;
                 }
             }
         }
-    });
+        let lock_waits = !stop && waiting.iter().any(|i| busy_noted.contains(i));
+        if running.is_empty() && !lock_waits && !settled {
+            break;
+        }
+        if running.is_empty() && settled {
+            continue;
+        }
+        if running.is_empty() {
+            // Only waiting for another run's lock.
+            std::thread::sleep(TICK);
+            continue;
+        }
+        for ended in executor.wait(TICK) {
+            let Some((claim, progress)) = running.remove(&ended.id) else {
+                continue;
+            };
+            let i = ended.id;
+            let secs = (ended.finished - ended.started)
+                .num_microseconds()
+                .map_or(0.0, |us| us.max(0) as f64 / 1e6);
+            reports[i].started_at = Some(ended.started);
+            reports[i].finished_at = Some(ended.finished);
+            reports[i].seconds = secs;
+            let name = &plan.graph.instances[i].name;
+            match finish(cache, claim, ended.result) {
+                Ok(()) => {
+                    reports[i].outcome = Outcome::Built;
+                    ui.finish(Some(progress), &format!("built {name} in {secs:.1}s"));
+                }
+                Err(f) => {
+                    let text = f.to_string();
+                    ui.finish(
+                        Some(progress),
+                        &format!(
+                            "FAILED {name} after {secs:.1}s: {}",
+                            text.lines().next().unwrap_or("")
+                        ),
+                    );
+                    reports[i].outcome = Outcome::Failed(f);
+                    stop |= !opts.keep_going;
+                }
+            }
+        }
+    }
     // Whatever still waits could not start: after a failure without --keep-going it stays
     // `not-run`; otherwise an upstream was unavailable, which must not pass silently.
     if !stop {
         for i in waiting {
-            reports[i].outcome = Outcome::Skipped("an upstream instance was not available".into());
+            reports[i].outcome = Outcome::Skipped(Skip::Unavailable);
         }
     }
     ui.close();
     reports
-}
-
-/// Build instance `i` under its key's lock. `Ok(false)` when another process built it meanwhile.
-fn build_one(
-    plan: &Plan,
-    cache: &Cache,
-    i: usize,
-    progress: &super::ui::InstanceProgress,
-) -> std::result::Result<bool, String> {
-    let inst = &plan.graph.instances[i];
-    let stage = &plan.pipeline.stages[inst.stage];
-    let record = &plan.records[i];
-    let forced = plan.status[i] == Status::Run("forced".into());
-    let _lock = cache
-        .lock(&record.key, || {
-            progress.note("waiting for another pipe run building the same key")
-        })
-        .map_err(|e| e.to_string())?;
-    if !forced && cache.has(&record.key) {
-        cache.write_record(record).map_err(|e| e.to_string())?;
-        return Ok(false);
-    }
-    let out_dir = cache
-        .begin(&record.key, plan.resumable[i])
-        .map_err(|e| e.to_string())?;
-    let mut needs: BTreeMap<String, Vec<Upstream>> = BTreeMap::new();
-    for (name, ups) in &inst.needs {
-        let list = ups
-            .iter()
-            .map(|&u| {
-                let ui = &plan.graph.instances[u];
-                Upstream {
-                    stage: plan.pipeline.stages[ui.stage].name.clone(),
-                    instance: ui.name.clone(),
-                    kind: plan.pipeline.stages[ui.stage].kind.kind().to_string(),
-                    dir: std::path::absolute(cache.entry(plan.key(u)))
-                        .unwrap_or_else(|_| cache.entry(plan.key(u))),
-                    matrix: ui.matrix_columns().into_iter().collect(),
-                    params: ui.params.clone(),
-                }
-            })
-            .collect();
-        needs.insert(name.clone(), list);
-    }
-    let abs_out: PathBuf = std::path::absolute(&out_dir).unwrap_or(out_dir);
-    let pipeline_dir =
-        std::path::absolute(&plan.pipeline.dir).unwrap_or_else(|_| plan.pipeline.dir.clone());
-    let ctx = Ctx {
-        stage: &stage.name,
-        instance: &inst.name,
-        out_dir: &abs_out,
-        needs: &needs,
-        seed: inst.seed,
-        device: &plan.pipeline.header.device,
-        pipeline_dir: &pipeline_dir,
-        progress,
-    };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        stage.kind.run(&inst.params, &ctx)
-    }));
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("{e:#}")),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            return Err(format!("the stage panicked: {msg}"));
-        }
-    }
-    cache.commit(record).map_err(|e| e.to_string())?;
-    cache.write_record(record).map_err(|e| e.to_string())?;
-    Ok(true)
 }

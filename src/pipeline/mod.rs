@@ -1,11 +1,14 @@
 //! The runner: load a pipeline, plan it against the cache, execute, gather results.
 //!
 //! `spec` (TOML to checked stages) -> `graph` (instances, DAG) -> `exec::plan` (keys, statuses)
-//! -> `exec::execute` (parallel builds) -> `results` (Parquet tables, `runs`, `run.json`).
+//! -> `exec::execute` (the scheduler, handing `job::Job`s to an `executor`) -> `results`
+//! (Parquet tables, `runs`, `run.json`).
 
 pub mod cache;
 pub mod exec;
+pub mod executor;
 pub mod graph;
+pub mod job;
 pub mod key;
 pub mod results;
 pub mod schema;
@@ -46,24 +49,29 @@ pub struct RunSummary {
     pub reports: Vec<Report>,
 }
 
-/// Execute a plan and write the results; an error when any instance failed.
-pub fn run(plan: &Plan, cache: &Cache, opts: &ExecOptions) -> Result<RunSummary> {
+/// Execute a plan on `executor` and write the results; an error when any instance failed.
+pub fn run(
+    plan: &Plan,
+    cache: &Cache,
+    opts: &ExecOptions,
+    executor: &mut dyn executor::Executor,
+) -> Result<RunSummary> {
     let started = Utc::now();
-    let reports = exec::execute(plan, cache, opts);
+    let reports = exec::execute(plan, cache, opts, executor);
     let finished = Utc::now();
     write_results(plan, cache, &reports, started, finished)?;
-    let count = |w: &str| {
+    let count = |f: fn(&Outcome) -> bool| {
         reports
             .iter()
             .zip(&plan.included)
-            .filter(|(r, inc)| **inc && r.outcome.word() == w)
+            .filter(|(r, inc)| **inc && f(&r.outcome))
             .count()
     };
     let summary = RunSummary {
-        built: count("built"),
-        cached: count("cached"),
-        failed: count("failed"),
-        skipped: count("skipped"),
+        built: count(|o| matches!(o, Outcome::Built)),
+        cached: count(|o| matches!(o, Outcome::Cached)),
+        failed: count(|o| matches!(o, Outcome::Failed(_))),
+        skipped: count(|o| matches!(o, Outcome::Skipped(_))),
         results_dir: plan.pipeline.results_dir.clone(),
         reports,
     };
@@ -72,9 +80,10 @@ pub fn run(plan: &Plan, cache: &Cache, opts: &ExecOptions) -> Result<RunSummary>
         for (i, r) in summary.reports.iter().enumerate() {
             let name = &plan.graph.instances[i].name;
             match &r.outcome {
-                Outcome::Failed(e) => {
-                    text.push_str(&format!("  {name}: {}\n", e.replace('\n', "\n    ")))
-                }
+                Outcome::Failed(e) => text.push_str(&format!(
+                    "  {name}: {}\n",
+                    e.to_string().replace('\n', "\n    ")
+                )),
                 Outcome::Skipped(why) => text.push_str(&format!("  {name}: skipped, {why}\n")),
                 _ => {}
             }
@@ -111,7 +120,8 @@ fn git_commit(dir: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn host_name() -> String {
+/// This machine's host name (`gethostname`).
+pub fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -149,10 +159,7 @@ fn write_results(
         .enumerate()
         .filter(|(i, _)| plan.included[*i])
         .map(|(i, (info, r))| {
-            let error = match &r.outcome {
-                Outcome::Failed(e) | Outcome::Skipped(e) => Some(e.clone()),
-                _ => None,
-            };
+            let error = r.outcome.error();
             (
                 info.clone(),
                 RunRow {
@@ -191,7 +198,12 @@ fn write_results(
     let tables = match prev_tables {
         Some(t) => t,
         None => {
-            results::publish_reports(dir, &infos)?;
+            let published: Vec<(&InstanceInfo, &'static [&'static str])> = infos
+                .iter()
+                .zip(&plan.graph.instances)
+                .map(|(info, inst)| (info, plan.pipeline.stages[inst.stage].kind.publishes()))
+                .collect();
+            results::publish(dir, &published)?;
             results::gather_tables(dir, &infos)?
         }
     };

@@ -290,39 +290,53 @@ pub fn gather_tables(dir: &Path, instances: &[InstanceInfo]) -> Result<Vec<Strin
     Ok(by_table.into_keys().collect())
 }
 
-/// The directory of an instance's output that is published into the results directory: a
-/// `report` stage's `report.md` and figures.
-pub const REPORT_DIR: &str = "report";
+/// Where an instance's published folders go: straight into the results directory `dir` when
+/// one instance publishes, into `dir/<instance>/` when several do (`pipe report` uses the same).
+pub fn publish_target(dir: &Path, instance: &str, several: bool) -> PathBuf {
+    if several {
+        dir.join(instance)
+    } else {
+        dir.to_path_buf()
+    }
+}
 
-/// Copy the `report/` directory of every instance that has one into `dir`: straight into `dir`
-/// when one instance has a report (`results/<pipeline>/report.md`), into `dir/<instance>/`
-/// when several do. Each file is written atomically; returns the files written.
-pub fn publish_reports(dir: &Path, instances: &[InstanceInfo]) -> Result<Vec<PathBuf>> {
-    let with_report: Vec<(&InstanceInfo, PathBuf)> = instances
+/// Copy the files of the folders each instance's kind publishes (`StageKind::publishes`, e.g. a
+/// report stage's `report/`) into `dir` (see [`publish_target`]). Each file is written
+/// atomically; returns the files written.
+pub fn publish(
+    dir: &Path,
+    instances: &[(&InstanceInfo, &'static [&'static str])],
+) -> Result<Vec<PathBuf>> {
+    let with_output: Vec<(&InstanceInfo, Vec<PathBuf>)> = instances
         .iter()
-        .filter_map(|i| Some((i, i.dir.as_ref()?.join(REPORT_DIR))))
-        .filter(|(_, r)| r.is_dir())
+        .filter_map(|(info, folders)| {
+            let out = info.dir.as_ref()?;
+            let present: Vec<PathBuf> = folders
+                .iter()
+                .map(|f| out.join(f))
+                .filter(|f| f.is_dir())
+                .collect();
+            (!present.is_empty()).then_some((*info, present))
+        })
         .collect();
-    let several = with_report.len() > 1;
+    let several = with_output.len() > 1;
     let mut written = Vec::new();
-    for (info, src) in with_report {
-        let dst = if several {
-            dir.join(&info.instance)
-        } else {
-            dir.to_path_buf()
-        };
-        let rd = std::fs::read_dir(&src).map_err(|e| Error::io("cannot read", &src, e))?;
-        let mut files: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        for f in files {
-            let bytes = std::fs::read(&f).map_err(|e| Error::io("cannot read", &f, e))?;
-            let target = dst.join(f.file_name().unwrap_or_default());
-            crate::pipeline::cache::write_atomic(&target, &bytes)?;
-            written.push(target);
+    for (info, folders) in with_output {
+        let dst = publish_target(dir, &info.instance, several);
+        for src in folders {
+            let rd = std::fs::read_dir(&src).map_err(|e| Error::io("cannot read", &src, e))?;
+            let mut files: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for f in files {
+                let bytes = std::fs::read(&f).map_err(|e| Error::io("cannot read", &f, e))?;
+                let target = dst.join(f.file_name().unwrap_or_default());
+                crate::pipeline::cache::write_atomic(&target, &bytes)?;
+                written.push(target);
+            }
         }
     }
     Ok(written)

@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use super::spec::Header;
-use crate::stages::{KINDS, Needs};
+use crate::stages::{KINDS, Needs, ResourceRequest};
 
 /// The committed schema's path, relative to the crate root.
 pub const SCHEMA_PATH: &str = "schemas/pipeline.schema.json";
@@ -97,6 +97,7 @@ pub fn pipeline_schema() -> Value {
             "propertyNames": { "enum": axis_names },
             "additionalProperties": { "type": "array", "minItems": 1 },
         });
+        props["resources"] = generator.subschema_for::<ResourceRequest>().to_value();
         props["seed"] = json!({
             "type": "integer",
             "minimum": 0,

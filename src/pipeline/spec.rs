@@ -16,7 +16,7 @@ use toml::Spanned;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
 
 use crate::error::{Error, Location, Result, SpecError};
-use crate::stages::{self, ErasedKind, Needs};
+use crate::stages::{self, ErasedKind, Needs, ParamError, ResourceRequest};
 
 /// `[pipeline]`: the header of a pipeline file.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -34,6 +34,10 @@ pub struct Header {
     /// current directory.
     #[serde(default)]
     pub results: Option<PathBuf>,
+    /// Where instances run: `local` (threads of `pipe run`) or `slurm` (one `sbatch` job per
+    /// instance; see docs/cluster.md). `pipe run --executor` overrides it.
+    #[serde(default)]
+    pub executor: crate::pipeline::executor::ExecutorName,
 }
 
 fn default_device() -> String {
@@ -41,7 +45,7 @@ fn default_device() -> String {
 }
 
 /// Stage keys the runner reads itself; every other key is a parameter of the kind.
-pub const COMMON_KEYS: [&str; 4] = ["kind", "needs", "matrix", "seed"];
+pub const COMMON_KEYS: [&str; 5] = ["kind", "needs", "matrix", "seed", "resources"];
 
 /// How a need selects upstream instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +94,8 @@ pub struct Stage {
     pub kind: &'static dyn ErasedKind,
     pub needs: Vec<NeedRef>,
     pub variants: Vec<Variant>,
+    /// `resources = { ... }`: overrides of the kind's default resources.
+    pub resources: ResourceRequest,
     pub location: Location,
 }
 
@@ -685,6 +691,32 @@ fn parse_stage<'i>(
             }
         },
     };
+    let resources = match table.get("resources") {
+        None => ResourceRequest::default(),
+        Some(v) => {
+            use serde::Deserialize;
+            use serde::de::IntoDeserializer;
+            let request =
+                ResourceRequest::deserialize(v.clone().into_deserializer()).map_err(|e| {
+                    vec![serde_error(
+                        source,
+                        root,
+                        &e,
+                        v.span(),
+                        &format!("{key}.resources"),
+                    )]
+                })?;
+            request.check().map_err(|e| {
+                let span = v
+                    .get_ref()
+                    .as_table()
+                    .and_then(|t| t.get(e.key.as_str()))
+                    .map_or(v.span(), |x| x.span());
+                err1(span, &format!("{key}.resources.{}", e.key), e.message)
+            })?;
+            request
+        }
+    };
     let mut params = DeTable::new();
     for (k, v) in table.iter() {
         if !COMMON_KEYS.contains(&k.get_ref().as_ref()) {
@@ -801,11 +833,19 @@ fn parse_stage<'i>(
             }
         };
         match parsed {
-            Ok(params) => variants.push(Variant {
-                coords,
-                params,
-                seed: vseed,
-            }),
+            Ok(params) => match kind.check(&params) {
+                Ok(()) => variants.push(Variant {
+                    coords,
+                    params,
+                    seed: vseed,
+                }),
+                Err(e) => {
+                    let err = check_error(source, &p, name_key.span(), &key, e);
+                    if !errors.contains(&err) {
+                        errors.push(err);
+                    }
+                }
+            },
             Err(e) => {
                 let err = serde_error(source, root, &e, name_key.span(), &key);
                 if !errors.contains(&err) {
@@ -822,8 +862,35 @@ fn parse_stage<'i>(
         kind,
         needs,
         variants,
+        resources,
         location,
     })
+}
+
+/// A kind's `check` error at the value it names (the deepest part of its dotted key written in
+/// the file, or the stage's name when the value is a default).
+fn check_error(
+    source: &Source,
+    params: &DeTable<'_>,
+    stage_span: Range<usize>,
+    stage_key: &str,
+    e: ParamError,
+) -> SpecError {
+    let mut span = stage_span;
+    let mut table = Some(params);
+    for part in e.key.split('.').filter(|p| !p.is_empty()) {
+        let Some(v) = table.and_then(|t| t.get(part)) else {
+            break;
+        };
+        span = v.span();
+        table = v.get_ref().as_table();
+    }
+    let key = if e.key.is_empty() {
+        stage_key.to_string()
+    } else {
+        format!("{stage_key}.{}", e.key)
+    };
+    source.error(span, &key, e.message)
 }
 
 fn parse_needs(

@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::eval_io::{check_lengths, gpu_resources, load_model, open_data, write_rows};
-use super::{Ctx, NeedDecl, Needs, Resources, StageKind};
+use super::eval_io::{check_lengths, check_positive, load_model, open_data, write_rows};
+use super::{Ctx, NeedDecl, Needs, ParamError, Resources, StageKind};
 use crate::data::PreparedData;
 use crate::eval::attention::{
     DistanceResult, attention_distance, attention_entropy, distance_rows, divergence_row,
@@ -91,17 +91,22 @@ impl StageKind for Attention {
         )
     }
 
+    fn check(p: &AttentionParams) -> Result<(), ParamError> {
+        check_lengths(&p.lengths, 2, "lengths")?;
+        check_positive(&[
+            ("windows", p.windows),
+            ("batch_size", p.batch_size),
+            ("query_block", p.query_block),
+            ("key_block", p.key_block),
+            ("chunk", p.chunk),
+        ])
+    }
+
     fn resources(_: &AttentionParams, device: &str) -> Resources {
-        gpu_resources(device)
+        Resources::for_device(device)
     }
 
     fn run(p: &AttentionParams, ctx: &Ctx<'_>) -> anyhow::Result<()> {
-        check_lengths(&p.lengths, 2, "lengths")?;
-        if [p.windows, p.batch_size, p.query_block, p.key_block, p.chunk].contains(&0) {
-            bail!(
-                "`windows`, `batch_size`, `query_block`, `key_block` and `chunk` must be at least 1"
-            );
-        }
         let has_reference = !ctx.need_all("reference").is_empty();
         if p.reference_length.is_some() && !has_reference {
             bail!("`reference_length` is set but the stage has no `reference` need");

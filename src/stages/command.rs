@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Needs, Resources, StageKind};
+use super::{Ctx, Needs, ParamError, Resources, StageKind};
 
 /// Runs `args` as a process in the instance's output directory.
 pub struct Command;
@@ -34,7 +34,7 @@ pub struct CommandParams {
     /// part of the key.
     #[serde(default)]
     pub inputs: Vec<PathBuf>,
-    /// GPU slots held while running (at most one GPU stage runs at a time).
+    /// GPUs held while running (the default of `resources.gpus`).
     #[serde(default)]
     pub gpu: u32,
     /// Keep what a failed or killed attempt left in the build directory for the next attempt.
@@ -81,7 +81,17 @@ impl StageKind for Command {
     }
 
     fn resources(params: &CommandParams, _device: &str) -> Resources {
-        Resources { gpu: params.gpu }
+        Resources {
+            gpus: params.gpu,
+            ..Resources::default()
+        }
+    }
+
+    fn check(params: &CommandParams) -> Result<(), ParamError> {
+        if params.args.is_empty() {
+            return Err(ParamError::new("args", "is empty: give the program to run"));
+        }
+        Ok(())
     }
 
     fn resumable(params: &CommandParams) -> bool {
@@ -122,12 +132,30 @@ impl StageKind for Command {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start `{}`", program.display()))?;
-        // Keep stderr both in the log and for the error message.
-        let mut err = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            pipe.read_to_string(&mut err).ok();
-        }
-        let status = child.wait()?;
+        // A checkpoint request (SIGUSR1 from Slurm before a time limit) is passed on to the
+        // program, which may checkpoint on it (`trap ... USR1`).
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let pid = child.id() as libc::pid_t;
+        let (err, status) = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if crate::signals::take_checkpoint_request() {
+                        // SAFETY: kill(2) on our own child, which `wait` has not reaped yet.
+                        unsafe { libc::kill(pid, libc::SIGUSR1) };
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
+            // Keep stderr both in the log and for the error message.
+            let mut err = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                pipe.read_to_string(&mut err).ok();
+            }
+            let status = child.wait();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (err, status)
+        });
+        let status = status?;
         std::fs::write(logs.join("stderr.txt"), &err)?;
         ctx.progress.advance(1);
         if !status.success() {

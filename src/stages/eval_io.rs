@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::{Ctx, Resources, Upstream};
+use super::{Ctx, ParamError, Upstream};
 use crate::data::PreparedData;
 use crate::model::{Llama, load_llama};
 use crate::tables::Table;
@@ -64,27 +64,35 @@ pub fn write_rows<T: Table>(ctx: &Ctx<'_>, rows: &[T]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One GPU slot on a CUDA device.
-pub fn gpu_resources(device: &str) -> Resources {
-    Resources {
-        gpu: u32::from(device.starts_with("cuda")),
-    }
-}
-
-/// Checks a list of context lengths: non-empty, each at least `min`, no duplicates.
-pub fn check_lengths(lengths: &[usize], min: usize, what: &str) -> anyhow::Result<()> {
+/// Checks a list of context lengths (parameter `key`): non-empty, each at least `min`, no
+/// duplicates.
+pub fn check_lengths(lengths: &[usize], min: usize, key: &str) -> Result<(), ParamError> {
     if lengths.is_empty() {
-        bail!("`{what}` is empty: give at least one context length");
+        return Err(ParamError::new(
+            key,
+            "is empty: give at least one context length",
+        ));
     }
     if let Some(l) = lengths.iter().find(|&&l| l < min) {
-        bail!("`{what}` holds {l}: context lengths must be at least {min}");
+        return Err(ParamError::new(
+            key,
+            format!("holds {l}: context lengths must be at least {min}"),
+        ));
     }
     let mut sorted = lengths.to_vec();
     sorted.sort_unstable();
     if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-        bail!("`{what}` lists {} twice", w[0]);
+        return Err(ParamError::new(key, format!("lists {} twice", w[0])));
     }
     Ok(())
+}
+
+/// Each named count must be at least 1.
+pub fn check_positive(counts: &[(&str, usize)]) -> Result<(), ParamError> {
+    match counts.iter().find(|(_, v)| *v == 0) {
+        Some((key, _)) => Err(ParamError::new(*key, "must be at least 1")),
+        None => Ok(()),
+    }
 }
 
 /// A path inside the instance's output directory.

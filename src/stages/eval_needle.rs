@@ -4,12 +4,12 @@
 //! (`entropy_vs_error`). Resumable: finished cells are kept in `needle_trials.jsonl` in the
 //! build directory and not redone. See docs/eval.md.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::eval_io::{check_lengths, gpu_resources, load_model, open_data, out_path, write_rows};
-use super::{Ctx, NeedDecl, Needs, Resources, StageKind};
+use super::eval_io::{check_lengths, check_positive, load_model, open_data, out_path, write_rows};
+use super::{Ctx, NeedDecl, Needs, ParamError, Resources, StageKind};
 use crate::analysis::auroc::BootstrapConfig;
 use crate::data::NeedleTask;
 use crate::eval::EvalError;
@@ -87,6 +87,18 @@ fn task_of(name: &str) -> Option<NeedleTask> {
         .find(|t| t.name() == name)
 }
 
+impl EvalNeedleParams {
+    /// The grid of cells these parameters ask for.
+    fn grid(&self) -> NeedleGrid {
+        NeedleGrid {
+            tasks: self.tasks.iter().map(|t| t.name().to_string()).collect(),
+            lengths: self.lengths.clone(),
+            depths: self.depths.clone(),
+            trials: self.trials,
+        }
+    }
+}
+
 impl StageKind for EvalNeedle {
     const KIND: &'static str = "eval_needle";
     const VERSION: u32 = 1;
@@ -97,25 +109,38 @@ impl StageKind for EvalNeedle {
     }
 
     fn resources(_: &EvalNeedleParams, device: &str) -> Resources {
-        gpu_resources(device)
+        Resources::for_device(device)
     }
 
     fn resumable(_: &EvalNeedleParams) -> bool {
         true
     }
 
-    fn run(p: &EvalNeedleParams, ctx: &Ctx<'_>) -> anyhow::Result<()> {
+    fn check(p: &EvalNeedleParams) -> Result<(), ParamError> {
         check_lengths(&p.lengths, 2, "lengths")?;
-        if p.max_new_tokens == 0 {
-            bail!("`max_new_tokens` must be at least 1");
+        check_positive(&[("max_new_tokens", p.max_new_tokens), ("trials", p.trials)])?;
+        for (key, empty) in [
+            ("tasks", p.tasks.is_empty()),
+            ("depths", p.depths.is_empty()),
+        ] {
+            if empty {
+                return Err(ParamError::new(key, "is empty: give at least one"));
+            }
         }
-        let grid = NeedleGrid {
-            tasks: p.tasks.iter().map(|t| t.name().to_string()).collect(),
-            lengths: p.lengths.clone(),
-            depths: p.depths.clone(),
-            trials: p.trials,
-        };
-        grid.cells()?;
+        if let Some(d) = p.depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
+            return Err(ParamError::new(
+                "depths",
+                format!("holds {d}: depths must be in [0, 1]"),
+            ));
+        }
+        p.grid()
+            .cells()
+            .map(|_| ())
+            .map_err(|e| ParamError::new("", e.to_string()))
+    }
+
+    fn run(p: &EvalNeedleParams, ctx: &Ctx<'_>) -> anyhow::Result<()> {
+        let grid = p.grid();
         let (model, _) = load_model(ctx, "model")?;
         let data = open_data(ctx, &model)?;
         let builder = data.haystacks().context("building the haystack builder")?;

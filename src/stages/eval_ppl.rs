@@ -5,8 +5,8 @@ use anyhow::{Context, bail};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::eval_io::{check_lengths, gpu_resources, load_model, open_data, write_rows};
-use super::{Ctx, NeedDecl, Needs, Resources, StageKind};
+use super::eval_io::{check_lengths, check_positive, load_model, open_data, write_rows};
+use super::{Ctx, NeedDecl, Needs, ParamError, Resources, StageKind};
 use crate::eval::ppl::{PplDoc, PplMode, PplOptions, evaluate_ppl};
 
 /// Perplexity across context lengths.
@@ -81,18 +81,28 @@ impl StageKind for EvalPpl {
         Needs::Fixed(const { &[NeedDecl::required("model"), NeedDecl::required("data")] })
     }
 
+    fn check(p: &EvalPplParams) -> Result<(), ParamError> {
+        check_lengths(&p.lengths, 2, "lengths")?;
+        check_positive(&[
+            ("batch_size", p.batch_size),
+            ("chunk", p.chunk),
+            ("max_documents", p.max_documents),
+        ])?;
+        if p.stride == Some(0) {
+            return Err(ParamError::new("stride", "must be at least 1"));
+        }
+        for &l in &p.lengths {
+            p.mode_for(l)
+                .map_err(|e| ParamError::new("stride", format!("{e:#}")))?;
+        }
+        Ok(())
+    }
+
     fn resources(_: &EvalPplParams, device: &str) -> Resources {
-        gpu_resources(device)
+        Resources::for_device(device)
     }
 
     fn run(p: &EvalPplParams, ctx: &Ctx<'_>) -> anyhow::Result<()> {
-        check_lengths(&p.lengths, 2, "lengths")?;
-        if p.batch_size == 0 || p.chunk == 0 || p.max_documents == 0 {
-            bail!("`batch_size`, `chunk` and `max_documents` must be at least 1");
-        }
-        for &l in &p.lengths {
-            p.mode_for(l)?;
-        }
         let (model, _) = load_model(ctx, "model")?;
         let data = open_data(ctx, &model)?;
         let split = &data.valid;

@@ -1,9 +1,11 @@
 //! The stage interface: what a stage kind is, what the runner hands it, and the registry.
 //!
 //! A stage kind is a Rust type implementing [`StageKind`]: a typed, defaulted parameter struct,
-//! a name and a version, the needs it accepts, the external files its parameters point to, the
-//! resources it occupies, and one `run` function writing into an output directory. The runner
-//! knows nothing else about it. [`ErasedKind`] is the object-safe form the runner stores in
+//! a name and a version, the needs it accepts, a `check` of its parameter values (run when the
+//! pipeline file is parsed, so a bad value fails before anything builds), the external files its
+//! parameters point to, the resources it asks for, the folders of its output the runner
+//! publishes, and one `run` function writing into an output directory. The runner knows nothing
+//! else about it. [`ErasedKind`] is the object-safe form the runner stores in
 //! [`KINDS`]; adding a kind is implementing the trait and adding one line there.
 
 pub mod attention;
@@ -22,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 use arrow::record_batch::RecordBatch;
 use schemars::JsonSchema;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
 
@@ -84,12 +86,148 @@ pub enum Needs {
     Any,
 }
 
-/// Resources an instance holds while it runs, beyond one `-j` slot.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What an instance asks for while it runs: the kind's defaults, overridden per stage by
+/// `resources = { ... }`. Part of the plan, never of the cache key (the same work asked for with
+/// more memory is the same result). The local executor honours `cpus` (as `-j` slots) and `gpus`
+/// (as the machine's GPUs); a cluster executor passes every field to the scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Resources {
-    /// GPU slots on the pipeline's device (its capacity is one: one GPU stage at a time).
-    pub gpu: u32,
+    /// CPU cores (`-j` slots locally, `--cpus-per-task` on Slurm).
+    pub cpus: u32,
+    /// GPUs (locally at most the number of GPUs present; `--gres=gpu:N` on Slurm).
+    pub gpus: u32,
+    /// Memory, Slurm syntax (`16G`); not enforced locally.
+    pub mem: Option<String>,
+    /// Wall-time limit, Slurm syntax (`2:00:00`, `1-00:00:00`); not enforced locally.
+    pub time: Option<String>,
+    /// Slurm partition.
+    pub partition: Option<String>,
+    /// Slurm account.
+    pub account: Option<String>,
+    /// Slurm node constraint (`--constraint`).
+    pub constraint: Option<String>,
+    /// Further `sbatch` arguments, verbatim (`["--qos=high"]`).
+    pub extra: Vec<String>,
 }
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpus: 1,
+            gpus: 0,
+            mem: None,
+            time: None,
+            partition: None,
+            account: None,
+            constraint: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl Resources {
+    /// One CPU, plus one GPU when the pipeline's device is CUDA.
+    pub fn for_device(device: &str) -> Resources {
+        Resources {
+            gpus: u32::from(device.trim().starts_with("cuda")),
+            ..Resources::default()
+        }
+    }
+}
+
+/// A stage's `resources = { ... }`: the fields given override the kind's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRequest {
+    /// CPU cores (`-j` slots locally, `--cpus-per-task` on Slurm); at least 1.
+    pub cpus: Option<u32>,
+    /// GPUs (locally at most the number present; `--gres=gpu:N` on Slurm).
+    pub gpus: Option<u32>,
+    /// Memory, Slurm syntax (`16G`).
+    pub mem: Option<String>,
+    /// Wall-time limit, Slurm syntax (`2:00:00`).
+    pub time: Option<String>,
+    /// Slurm partition.
+    pub partition: Option<String>,
+    /// Slurm account.
+    pub account: Option<String>,
+    /// Slurm node constraint.
+    pub constraint: Option<String>,
+    /// Further `sbatch` arguments, verbatim.
+    pub extra: Option<Vec<String>>,
+}
+
+impl ResourceRequest {
+    /// `base` with the fields given here replaced.
+    pub fn apply(&self, base: Resources) -> Resources {
+        Resources {
+            cpus: self.cpus.unwrap_or(base.cpus),
+            gpus: self.gpus.unwrap_or(base.gpus),
+            mem: self.mem.clone().or(base.mem),
+            time: self.time.clone().or(base.time),
+            partition: self.partition.clone().or(base.partition),
+            account: self.account.clone().or(base.account),
+            constraint: self.constraint.clone().or(base.constraint),
+            extra: self.extra.clone().unwrap_or(base.extra),
+        }
+    }
+
+    /// Values Slurm or the local executor could never honour.
+    pub fn check(&self) -> Result<(), ParamError> {
+        if self.cpus == Some(0) {
+            return Err(ParamError::new("cpus", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("mem", &self.mem),
+            ("time", &self.time),
+            ("partition", &self.partition),
+            ("account", &self.account),
+            ("constraint", &self.constraint),
+        ] {
+            if let Some(v) = v
+                && (v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(ParamError::new(
+                    key,
+                    format!("`{v}` is empty or holds white space"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A parameter value a kind refuses (see [`StageKind::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    /// The dotted parameter name inside the stage (`train.steps`, `depths`); empty when the
+    /// error is about the parameters as a whole.
+    pub key: String,
+    /// What is wrong, e.g. `must be at least 1`.
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> ParamError {
+        ParamError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "`{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
 
 /// A typed stage kind. Implement this, then add `&Erased::<YourKind>::NEW` to [`KINDS`].
 pub trait StageKind: Send + Sync + 'static {
@@ -113,9 +251,24 @@ pub trait StageKind: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Resources held while running; e.g. `gpu: 1` when `device` starts with `cuda`.
+    /// Check parameter values that serde cannot (ranges, combinations). Called when the
+    /// pipeline file is parsed, for every instance, so `pipe validate` and `--dry-run` catch a
+    /// bad value with its file, line and key before anything runs. Keep `run` free of such
+    /// checks: by the time it runs, upstream stages may have taken hours.
+    fn check(_params: &Self::Params) -> Result<(), ParamError> {
+        Ok(())
+    }
+
+    /// Resources asked for by default; a stage's `resources = { ... }` overrides them field by
+    /// field. E.g. one GPU when `device` starts with `cuda` ([`Resources::for_device`]).
     fn resources(_params: &Self::Params, _device: &str) -> Resources {
         Resources::default()
+    }
+
+    /// Folders of the output that the runner copies into `results/<pipeline>/` after a run
+    /// (straight in when one instance has them, into `<instance>/` when several do).
+    fn publishes() -> &'static [&'static str] {
+        &[]
     }
 
     /// Whether a retried run keeps what a killed or failed run left in the build directory
@@ -135,7 +288,7 @@ pub trait StageKind: Send + Sync + 'static {
 }
 
 /// One upstream instance handed to a need.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Upstream {
     /// The upstream stage's name, e.g. `extend`.
     pub stage: String,
@@ -222,6 +375,8 @@ pub trait ErasedKind: Send + Sync {
     fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
     /// Top-level parameter names, for checking `matrix.<key>`; `None` when unknown.
     fn param_names(&self) -> Option<Vec<String>>;
+    fn check(&self, params: &serde_json::Value) -> Result<(), ParamError>;
+    fn publishes(&self) -> &'static [&'static str];
     fn inputs(
         &self,
         params: &serde_json::Value,
@@ -273,6 +428,12 @@ impl<K: StageKind> ErasedKind for Erased<K> {
         let schema = schemars::SchemaGenerator::default().into_root_schema_for::<K::Params>();
         let props = schema.as_object()?.get("properties")?.as_object()?;
         Some(props.keys().cloned().collect())
+    }
+    fn check(&self, params: &serde_json::Value) -> Result<(), ParamError> {
+        K::check(&typed::<K>(params).map_err(|e| ParamError::new("", format!("{e:#}")))?)
+    }
+    fn publishes(&self) -> &'static [&'static str] {
+        K::publishes()
     }
     fn inputs(
         &self,

@@ -33,6 +33,10 @@ impl StageKind for Report {
         false
     }
 
+    fn publishes() -> &'static [&'static str] {
+        &[REPORT_DIR]
+    }
+
     fn run(params: &ReportOptions, ctx: &Ctx<'_>) -> anyhow::Result<()> {
         ctx.progress.start("report", 2);
         // The same instance may be reached through two needs: gather it once.
@@ -62,5 +66,5 @@ impl StageKind for Report {
     }
 }
 
-/// The directory of an instance's output that the runner copies into the results directory.
-pub use crate::pipeline::results::REPORT_DIR;
+/// The directory of its output that a report stage publishes into the results directory.
+pub const REPORT_DIR: &str = "report";

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use burn::tensor::Device;
 
-use super::{Ctx, NeedDecl, Needs, Resources, StageKind};
+use super::{Ctx, NeedDecl, Needs, ParamError, Resources, StageKind};
 use crate::data::{PreparedData, SampleMode, WindowSampler};
 use crate::model::{HfLayout, Llama, load_llama, save_llama};
 use crate::tables::{Table, TrainLogRow, ValLogRow};
@@ -117,10 +117,15 @@ impl StageKind for Train {
         Needs::Fixed(const { &[NeedDecl::required("data"), NeedDecl::optional("init")] })
     }
 
+    fn check(params: &Self::Params) -> Result<(), ParamError> {
+        params.train.validate().map_err(|e| match e {
+            TrainError::Param { key, message } => ParamError::new(key, message),
+            other => ParamError::new("train", other.to_string()),
+        })
+    }
+
     fn resources(_params: &Self::Params, device: &str) -> Resources {
-        Resources {
-            gpu: u32::from(device.trim().starts_with("cuda")),
-        }
+        Resources::for_device(device)
     }
 
     fn resumable(_params: &Self::Params) -> bool {
@@ -128,7 +133,6 @@ impl StageKind for Train {
     }
 
     fn run(params: &Self::Params, ctx: &Ctx<'_>) -> anyhow::Result<()> {
-        params.train.validate()?;
         let device = crate::device::device(ctx.device)?;
         let train_device = device.clone().autodiff();
         let data_up = ctx.need("data")?;

@@ -256,7 +256,11 @@ pub fn train(
                 val_loss,
             });
         }
-        if (p.checkpoint_every > 0 && step.is_multiple_of(p.checkpoint_every)) || step == total {
+        // A checkpoint request (Slurm's warning before a time limit) adds one in between.
+        if (p.checkpoint_every > 0 && step.is_multiple_of(p.checkpoint_every))
+            || step == total
+            || crate::signals::take_checkpoint_request()
+        {
             let dir = checkpoint::save(job.run_dir, &state, &model, &optim)?;
             last_ckpt = Some((dir, step));
         }

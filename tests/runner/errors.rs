@@ -177,3 +177,97 @@ fn several_errors_are_reported_together() {
     let e = p.fail(&["validate", "p.toml"]);
     assert!(e.contains("p.toml:5:") && e.contains("p.toml:7:"), "{e}");
 }
+
+/// A data stage and a train stage, so that a kind's `check` runs on realistic parameters.
+const TRAIN: &str = "[stages.data]\nkind = \"data_prep\"\nsource = { synthetic = { documents = 10 } }\n\n[stages.base]\nkind = \"train\"\nneeds = { data = \"data\" }\n";
+
+#[test]
+fn kind_checks_run_before_anything_with_file_line_and_key() {
+    // Lines: 1-2 header, 3-5 data, 6 blank, 7-9 base, then the value under test.
+    let e = error(
+        &format!("{HEAD}{TRAIN}train = {{ steps = 0 }}\n"),
+        10,
+        "stages.base.train.steps",
+    );
+    assert!(e.contains("must be at least 1"), "{e}");
+    let e = error(
+        &format!("{HEAD}{TRAIN}train = {{ steps = 10, warmup_steps = 20 }}\n"),
+        10,
+        "stages.base.train.warmup_steps",
+    );
+    assert!(e.contains("20 is more than the 10 steps"), "{e}");
+    let needle = format!(
+        "{HEAD}[stages.n]\nkind = \"eval_needle\"\nneeds = {{ model = \"m\", data = \"d\" }}\nlengths = [64]\ndepths = [0.5, 1.5]\n"
+    );
+    let e = error(&needle, 7, "stages.n.depths");
+    assert!(e.contains("1.5") && e.contains("[0, 1]"), "{e}");
+    // A value given with --set points at the argument.
+    let p = Project::new();
+    p.write("p.toml", &format!("{HEAD}{TRAIN}"));
+    let e = p.fail(&[
+        "run",
+        "p.toml",
+        "--dry-run",
+        "--set",
+        "stages.base.train.steps=0",
+    ]);
+    assert!(e.contains("`stages.base.train.steps`"), "{e}");
+    assert!(!p.cache().exists());
+}
+
+#[test]
+fn eval_checks_name_the_parameter() {
+    let head = format!(
+        "{HEAD}[stages.e]\nkind = \"eval_ppl\"\nneeds = {{ model = \"m\", data = \"d\" }}\n"
+    );
+    let e = error(
+        &format!("{head}lengths = [64, 64]\n"),
+        6,
+        "stages.e.lengths",
+    );
+    assert!(e.contains("lists 64 twice"), "{e}");
+    let e = error(
+        &format!("{head}lengths = [64]\nbatch_size = 0\n"),
+        7,
+        "stages.e.batch_size",
+    );
+    assert!(e.contains("must be at least 1"), "{e}");
+    // A default cannot be wrong; the stage's line is named when the value is not in the file.
+    let e = error(
+        &format!("{HEAD}[stages.c]\nkind = \"command\"\nargs = []\n"),
+        5,
+        "stages.c.args",
+    );
+    assert!(e.contains("is empty"), "{e}");
+}
+
+#[test]
+fn resources_are_checked_and_not_part_of_the_key() {
+    let e = error(
+        &format!(
+            "{HEAD}[stages.a]\nkind = \"command\"\nargs = [\"true\"]\nresources = {{ cpus = 0 }}\n"
+        ),
+        6,
+        "stages.a.resources.cpus",
+    );
+    assert!(e.contains("must be at least 1"), "{e}");
+    let e = error(
+        &format!(
+            "{HEAD}[stages.a]\nkind = \"command\"\nargs = [\"true\"]\nresources = {{ gpu = 1 }}\n"
+        ),
+        6,
+        "",
+    );
+    assert!(e.contains("unknown field `gpu`"), "{e}");
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        &format!("{HEAD}[stages.a]\nkind = \"command\"\nargs = [\"true\"]\n"),
+    );
+    assert_eq!(p.run("p.toml", &[]), ["a"]);
+    p.write(
+        "p.toml",
+        &format!("{HEAD}[stages.a]\nkind = \"command\"\nargs = [\"true\"]\nresources = {{ cpus = 2, mem = \"1G\", time = \"1:00:00\" }}\n"),
+    );
+    assert!(p.run("p.toml", &[]).is_empty(), "resources changed the key");
+}

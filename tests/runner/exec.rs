@@ -190,3 +190,40 @@ fn two_concurrent_runs_build_a_shared_instance_once() {
     assert_eq!(count, "built\n");
     assert_eq!(p.entries().len(), 3);
 }
+
+#[test]
+fn gpu_stages_overlap_when_the_machine_has_two_gpus() {
+    let p = Project::new();
+    let text = format!(
+        "{HEAD}{}gpu = 1\n{}resources = {{ gpus = 1 }}\n",
+        sleeper("a"),
+        sleeper("b")
+    );
+    p.write("p.toml", &text);
+    let out = p
+        .command(&["run", "p.toml", "-j", "2"])
+        .env("PIPE_GPUS", "2")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let order: Vec<String> = log_lines(&p).into_iter().map(|(e, _, _)| e).collect();
+    assert_eq!(order, ["start", "start", "end", "end"]);
+}
+
+#[test]
+fn a_stage_asking_for_every_cpu_runs_alone() {
+    let p = Project::new();
+    let text = format!(
+        "{HEAD}{}resources = {{ cpus = 2 }}\n{}",
+        sleeper("a"),
+        sleeper("b")
+    );
+    p.write("p.toml", &text);
+    p.run("p.toml", &["-j", "2"]);
+    let order: Vec<String> = log_lines(&p).into_iter().map(|(e, _, _)| e).collect();
+    assert_eq!(order, ["start", "end", "start", "end"]);
+}

@@ -6,6 +6,7 @@ mod errors;
 mod exec;
 mod matrix;
 mod results;
+mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! Integration tests of the study's stage kinds driven through `pipe run`, on tiny fixtures.
 
 mod model_stage;
-mod quickstart;
+pub mod quickstart;
 mod real_model;
 mod report_stage;
 mod train_stage;

@@ -8,7 +8,7 @@ use ropelens::tables::{NeedleRow, PplRow, TrainLogRow, read_results};
 use crate::runner::Project;
 
 /// Overrides that keep the quickstart's shape (every stage, every instance) at toy size.
-const SHRINK: &[&str] = &[
+pub const SHRINK: &[&str] = &[
     "stages.pretrain_data.source.synthetic.documents=200",
     "stages.pretrain_data.split.valid_documents=10",
     "stages.data.source.synthetic.documents=80",

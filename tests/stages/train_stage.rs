@@ -161,8 +161,8 @@ fn pretrain_then_extend_with_yarn() {
 #[test]
 fn cuda_without_the_feature_is_a_clear_error_and_holds_the_gpu() {
     let params = TrainStageParams::default();
-    assert_eq!(Train::resources(&params, "cuda:1").gpu, 1);
-    assert_eq!(Train::resources(&params, "cpu").gpu, 0);
+    assert_eq!(Train::resources(&params, "cuda:1").gpus, 1);
+    assert_eq!(Train::resources(&params, "cpu").gpus, 0);
     assert!(Train::resumable(&params));
     #[cfg(not(feature = "cuda"))]
     {

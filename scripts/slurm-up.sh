@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Bring up a single-node Slurm on this machine for the Slurm executor's tests (run as root).
+#
+#   scripts/slurm-up.sh        install Debian's slurmctld/slurmd/munge if missing, write a
+#                              configuration with two fake GPUs (gres), start the daemons and
+#                              wait until the node is idle; a no-op when it is already up
+#   scripts/slurm-up.sh down   stop the daemons this script started
+#
+# Facts and traps: ../shared/SLURM.md (when present) and docs/cluster.md. The cluster keeps its
+# state in its own directory (/var/spool/ropelens-slurm) so that an earlier cluster's name never
+# blocks slurmctld ("CLUSTER NAME MISMATCH"). Exit status 0: Slurm is up; 2: it cannot be
+# installed or started here (the message says why; the tests that need it then skip).
+set -uo pipefail
+
+STATE=/var/spool/ropelens-slurm
+CONF_DIR=/etc/slurm
+
+stop() {
+    for pid_file in /run/slurmd.pid /run/slurmctld.pid; do
+        [ -f "$pid_file" ] && kill "$(cat "$pid_file")" 2>/dev/null
+    done
+    [ -f /run/munge/munged.pid ] && kill "$(cat /run/munge/munged.pid)" 2>/dev/null
+    rm -f /run/slurmd.pid /run/slurmctld.pid
+    return 0
+}
+
+if [ "${1:-}" = down ]; then
+    stop
+    exit 0
+fi
+
+unavailable() {
+    echo "slurm-up: $*" >&2
+    exit 2
+}
+
+node_up() {
+    timeout 5 sinfo -h -o '%T %G' 2>/dev/null | grep -Eq '^(idle|mixed|allocated)[*~]? .*gpu:2'
+}
+
+if node_up; then
+    echo "slurm-up: already up ($(sinfo -h -o '%N %T %G'))"
+    exit 0
+fi
+[ "$(id -u)" = 0 ] || unavailable "needs root to install and start Slurm"
+
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+    command -v apt-get >/dev/null || unavailable "no apt-get to install slurmctld, slurmd and munge"
+    echo "slurm-up: installing slurmctld slurmd slurm-client munge"
+    apt-get update -qq >/dev/null 2>&1 || unavailable "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        slurmctld slurmd slurm-client munge >/dev/null 2>&1 ||
+        unavailable "apt-get install slurmctld slurmd slurm-client munge failed"
+fi
+
+stop
+sleep 0.5
+host=$(hostname -s)
+node_line=$(slurmd -C 2>/dev/null | head -1)
+[ -n "$node_line" ] || unavailable "slurmd -C printed nothing"
+# `NodeName=x CPUs=2 Boards=... RealMemory=...` plus where to reach it and the fake GPUs.
+node_line="$node_line Gres=gpu:2 NodeAddr=127.0.0.1 State=UNKNOWN"
+
+mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d" /var/log/slurm
+for n in 0 1; do
+    [ -e /dev/fakegpu$n ] || mknod -m 666 /dev/fakegpu$n c 1 3
+done
+cat >"$CONF_DIR/slurm.conf" <<CONF
+# Written by ropelens scripts/slurm-up.sh: a single-node test cluster with two fake GPUs.
+ClusterName=ropelens
+SlurmctldHost=$host(127.0.0.1)
+SlurmUser=root
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/d
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1
+ReturnToService=2
+MinJobAge=300
+KillWait=2
+OverTimeLimit=0
+EnforcePartLimits=ALL
+DependencyParameters=kill_invalid_depend
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=/var/log/slurm/jobcomp.log
+GresTypes=gpu
+$node_line
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+cat >"$CONF_DIR/gres.conf" <<CONF
+AutoDetect=off
+NodeName=$host Name=gpu File=/dev/fakegpu[0-1]
+CONF
+
+install -d -o munge -g munge -m 755 /run/munge
+[ -f /etc/munge/munge.key ] || unavailable "no /etc/munge/munge.key (the munge package makes it)"
+runuser -u munge -- /usr/sbin/munged || unavailable "munged did not start"
+slurmctld || unavailable "slurmctld did not start (see /var/log/slurm/slurmctld.log)"
+slurmd || unavailable "slurmd did not start (see /var/log/slurm/slurmd.log)"
+for _ in $(seq 1 60); do
+    if node_up; then
+        echo "slurm-up: up ($(sinfo -h -o '%N %T %G'))"
+        exit 0
+    fi
+    sleep 0.5
+done
+unavailable "the node did not become idle within 30 s: $(sinfo -h -o '%N %T %E' 2>&1)"

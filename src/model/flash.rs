@@ -1,0 +1,723 @@
+//! A fused, blockwise, causal CPU attention forward on plain `f32` slices (inference only).
+//!
+//! FlashAttention's online softmax: for each block of queries, key blocks are visited in order,
+//! each block's scores `S = (q * scale) K^T` come from one GEMM (the `gemm` crate, the one burn's
+//! CPU backend uses), are exponentiated against the running row max with a vectorised `exp`,
+//! and `P V` is added to the running output with a second GEMM. Nothing of size
+//! `[q_len, k_len]` is ever held: a task holds one `[groups * query, key]` tile.
+//!
+//! - Causal skipping: key blocks entirely after a query block's last query are never visited,
+//!   and inside the diagonal block each row stops at its last visible key (no masked scores).
+//! - Grouped-query attention without repeating K/V: the `heads / kv_heads` query heads sharing
+//!   a KV head are stacked into one tile, so each K/V block is read once per group and the GEMMs
+//!   are taller.
+//! - Parallel over (batch, KV head, query block) with rayon, longest tasks first.
+//!
+//! Besides the output, a pass can hand back each query's log-sum-exp of its scaled scores and
+//! its attention entropy `H = ln l - sum_j p_j (s_j - m) / l` (nats; `l = sum_j e^(s_j - m)`),
+//! and [`distance_sums`] a second pass that sums the probabilities `exp(s - lse)` by relative
+//! distance. Memory stays linear in length.
+//!
+//! Layouts (row-major): q `[batch, heads, q_len, head_dim]`, k and v
+//! `[batch, kv_heads, k_len, head_dim]`; query `i` sits at key position `i + q_offset` and sees
+//! keys `0..=i + q_offset`.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::attention::AttentionBlocks;
+
+/// Shapes of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlashShape {
+    /// Batch rows.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Queries per head.
+    pub q_len: usize,
+    /// Keys per head (`>= q_len + q_offset` is not required; keys past a query are skipped).
+    pub k_len: usize,
+    /// Features per head.
+    pub head_dim: usize,
+    /// Key position of query 0 (the KV-cache length; 0 for a plain forward).
+    pub q_offset: usize,
+}
+
+impl FlashShape {
+    fn groups(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    fn check(&self, q: usize, k: usize, v: usize) {
+        assert!(
+            self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads),
+            "heads {} not a multiple of kv_heads {}",
+            self.heads,
+            self.kv_heads
+        );
+        let kv = self.batch * self.kv_heads * self.k_len * self.head_dim;
+        assert_eq!(
+            q,
+            self.batch * self.heads * self.q_len * self.head_dim,
+            "q size"
+        );
+        assert_eq!((k, v), (kv, kv), "k/v size");
+        assert!(
+            self.q_offset < self.k_len || self.q_len == 0,
+            "query 0 at key position {} but only {} keys",
+            self.q_offset,
+            self.k_len
+        );
+    }
+}
+
+/// What [`flash_attention`] computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlashOutput {
+    /// `[batch, heads, q_len, head_dim]`.
+    pub out: Vec<f32>,
+    /// Log-sum-exp of each query's scaled scores `[batch, heads, q_len]`.
+    pub lse: Vec<f32>,
+    /// Attention entropy (nats) `[batch, heads, q_len]`, if asked for.
+    pub entropy: Option<Vec<f32>>,
+}
+
+/// One unit of parallel work: a query block of one KV head's group.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    b: usize,
+    kvh: usize,
+    q_start: usize,
+    nq: usize,
+}
+
+fn tasks(s: &FlashShape, block_q: usize) -> Vec<Task> {
+    let mut t = Vec::new();
+    for q_start in (0..s.q_len).step_by(block_q).rev() {
+        for b in 0..s.batch {
+            for kvh in 0..s.kv_heads {
+                t.push(Task {
+                    b,
+                    kvh,
+                    q_start,
+                    nq: block_q.min(s.q_len - q_start),
+                });
+            }
+        }
+    }
+    t
+}
+
+/// Per-task scratch and its geometry: the task's `groups * nq` query rows (row `g * nq + i` is
+/// query `q_start + i` of head `kvh * groups + g`), scaled.
+struct Tile {
+    /// `[rows, head_dim]`, q times the softmax scale.
+    q: Vec<f32>,
+    /// `[rows, block_k]` scores, then probabilities.
+    s: Vec<f32>,
+    rows: usize,
+}
+
+impl Tile {
+    fn new(q: &[f32], s: &FlashShape, t: &Task, block_k: usize, scale: f32) -> Tile {
+        let (g, d) = (s.groups(), s.head_dim);
+        let rows = g * t.nq;
+        let mut tile = vec![0f32; rows * d];
+        for gi in 0..g {
+            let h = t.kvh * g + gi;
+            let src = ((t.b * s.heads + h) * s.q_len + t.q_start) * d;
+            for (dst, x) in tile[gi * t.nq * d..(gi + 1) * t.nq * d]
+                .iter_mut()
+                .zip(&q[src..src + t.nq * d])
+            {
+                *dst = x * scale;
+            }
+        }
+        Tile {
+            q: tile,
+            s: vec![0f32; rows * block_k],
+            rows,
+        }
+    }
+
+    /// Scores of the key block `k_start..k_start + nk` into `self.s` (row stride `nk`).
+    fn scores(&mut self, kv: &[f32], d: usize, k_start: usize, nk: usize) {
+        let kb = &kv[k_start * d..(k_start + nk) * d];
+        // SAFETY: dst is rows x nk (row stride nk) inside self.s (rows * block_k >= rows * nk);
+        // lhs is rows x d row-major; rhs is K^T, d x nk, element (i, j) at kb[j * d + i].
+        unsafe {
+            gemm::gemm(
+                self.rows,
+                nk,
+                d,
+                self.s.as_mut_ptr(),
+                1,
+                nk as isize,
+                false,
+                self.q.as_ptr(),
+                1,
+                d as isize,
+                kb.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+/// Keys of the block visible to a query at key position `pos`: `0..visible`.
+fn visible(pos: usize, k_start: usize, nk: usize) -> usize {
+    (pos + 1).saturating_sub(k_start).min(nk)
+}
+
+/// `acc[rows, d] += p[rows, nk] v[k_start.., d]`.
+fn accumulate_pv(acc: &mut [f32], p: &[f32], v: &[f32], rows: usize, nk: usize, d: usize) {
+    // SAFETY: acc is rows x d, p rows x nk, v nk x d, all row-major and in bounds.
+    unsafe {
+        gemm::gemm(
+            rows,
+            d,
+            nk,
+            acc.as_mut_ptr(),
+            1,
+            d as isize,
+            true,
+            p.as_ptr(),
+            1,
+            nk as isize,
+            v.as_ptr(),
+            1,
+            d as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Causal attention of `q` against `k`, `v` (layouts in the module docs), computing the
+/// entropy as well when `want_entropy`.
+///
+/// # Panics
+/// If the slice lengths do not fit `shape`.
+pub fn flash_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: FlashShape,
+    blocks: AttentionBlocks,
+    want_entropy: bool,
+) -> FlashOutput {
+    shape.check(q.len(), k.len(), v.len());
+    let s = shape;
+    let (bq, bk) = (blocks.query.max(1), blocks.key.max(1));
+    let (g, d) = (s.groups(), s.head_dim);
+    let scale = (d as f64).powf(-0.5) as f32;
+    let kv_size = s.k_len * d;
+    // Per task: its output rows, log-sum-exps and entropies (empty unless asked for).
+    type TaskOut = (Task, Vec<f32>, Vec<f32>, Vec<f32>);
+    let results: Vec<TaskOut> = tasks(&s, bq)
+        .into_par_iter()
+        .map(|t| {
+            let mut tile = Tile::new(q, &s, &t, bk, scale);
+            let rows = tile.rows;
+            let kv_off = (t.b * s.kv_heads + t.kvh) * kv_size;
+            let (kh, vh) = (&k[kv_off..kv_off + kv_size], &v[kv_off..kv_off + kv_size]);
+            let mut acc = vec![0f32; rows * d];
+            let mut m = vec![f32::NEG_INFINITY; rows];
+            let mut l = vec![0f32; rows];
+            let mut a = vec![0f32; if want_entropy { rows } else { 0 }];
+            let k_end = s.k_len.min(t.q_start + t.nq + s.q_offset);
+            for k_start in (0..k_end).step_by(bk) {
+                let nk = bk.min(k_end - k_start);
+                tile.scores(kh, d, k_start, nk);
+                for r in 0..rows {
+                    let pos = t.q_start + r % t.nq + s.q_offset;
+                    let row = &mut tile.s[r * nk..(r + 1) * nk];
+                    let n = visible(pos, k_start, nk);
+                    row[n..].fill(0.0);
+                    if n == 0 {
+                        continue;
+                    }
+                    let m_new = m[r].max(simd::max(&row[..n]));
+                    let (sum, sum_px) = simd::exp_shifted(&mut row[..n], m_new, want_entropy);
+                    // First block: l = 0 and m = -inf, alpha = 0.
+                    let alpha = if l[r] > 0.0 {
+                        (m[r] - m_new).exp()
+                    } else {
+                        0.0
+                    };
+                    if want_entropy {
+                        let old = if l[r] > 0.0 {
+                            a[r] + l[r] * (m[r] - m_new)
+                        } else {
+                            0.0
+                        };
+                        a[r] = alpha * old + sum_px;
+                    }
+                    l[r] = alpha * l[r] + sum;
+                    m[r] = m_new;
+                    if alpha != 1.0 {
+                        acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
+                    }
+                }
+                accumulate_pv(
+                    &mut acc,
+                    &tile.s[..rows * nk],
+                    &vh[k_start * d..],
+                    rows,
+                    nk,
+                    d,
+                );
+            }
+            let mut lse = vec![0f32; rows];
+            for r in 0..rows {
+                let inv = 1.0 / l[r];
+                acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= inv);
+                lse[r] = m[r] + l[r].ln();
+                if want_entropy {
+                    a[r] = l[r].ln() - a[r] * inv;
+                }
+            }
+            (t, acc, lse, a)
+        })
+        .collect();
+    let mut out = vec![0f32; q.len()];
+    let mut lse = vec![0f32; s.batch * s.heads * s.q_len];
+    let mut entropy = want_entropy.then(|| vec![0f32; lse.len()]);
+    for (t, acc, l, a) in results {
+        for gi in 0..g {
+            let row0 = (t.b * s.heads + t.kvh * g + gi) * s.q_len + t.q_start;
+            let src = gi * t.nq..(gi + 1) * t.nq;
+            out[row0 * d..(row0 + t.nq) * d].copy_from_slice(&acc[src.start * d..src.end * d]);
+            lse[row0..row0 + t.nq].copy_from_slice(&l[src.clone()]);
+            if let Some(e) = entropy.as_mut() {
+                e[row0..row0 + t.nq].copy_from_slice(&a[src]);
+            }
+        }
+    }
+    FlashOutput { out, lse, entropy }
+}
+
+/// Sums of attention probabilities by relative distance per head, summed over the batch:
+/// `result[h * max_distance + d]` = sum over causal pairs at distance `d = (i + q_offset) - j`
+/// of `exp(s_ij - lse_i)`, for `d < max_distance`. `lse` `[batch, heads, q_len]` comes from
+/// [`flash_attention`] on the same inputs. Blocks whose smallest distance is at least
+/// `max_distance` are skipped.
+pub fn distance_sums(
+    q: &[f32],
+    k: &[f32],
+    lse: &[f32],
+    shape: FlashShape,
+    blocks: AttentionBlocks,
+    max_distance: usize,
+) -> Vec<f64> {
+    shape.check(q.len(), k.len(), k.len());
+    let s = shape;
+    assert_eq!(lse.len(), s.batch * s.heads * s.q_len, "lse size");
+    let (bq, bk) = (blocks.query.max(1), blocks.key.max(1));
+    let (g, d) = (s.groups(), s.head_dim);
+    let scale = (d as f64).powf(-0.5) as f32;
+    let kv_size = s.k_len * d;
+    let heads = s.heads;
+    tasks(&s, bq)
+        .into_par_iter()
+        .fold(
+            || vec![0f64; heads * max_distance],
+            |mut sums, t| {
+                let mut tile = Tile::new(q, &s, &t, bk, scale);
+                let kv_off = (t.b * s.kv_heads + t.kvh) * kv_size;
+                let kh = &k[kv_off..kv_off + kv_size];
+                // Per-task f32 partial sums `[groups, max_distance]`, added into f64 at the end.
+                let mut part = vec![0f32; g * max_distance];
+                let k_end = s.k_len.min(t.q_start + t.nq + s.q_offset);
+                let first_pos = t.q_start + s.q_offset;
+                for k_start in (0..k_end).step_by(bk) {
+                    let nk = bk.min(k_end - k_start);
+                    // Smallest distance in the block: first query against the block's last key.
+                    if first_pos.saturating_sub(k_start + nk - 1) >= max_distance {
+                        continue;
+                    }
+                    tile.scores(kh, d, k_start, nk);
+                    for r in 0..tile.rows {
+                        let (gi, i) = (r / t.nq, r % t.nq);
+                        let pos = first_pos + i;
+                        let n = visible(pos, k_start, nk);
+                        let lse_r = lse[(t.b * s.heads + t.kvh * g + gi) * s.q_len + t.q_start + i];
+                        let row = &mut tile.s[r * nk..r * nk + n];
+                        simd::exp_shifted(row, lse_r, false);
+                        // Key j is at distance pos - k_start - j; keep d < max_distance.
+                        let dist = &mut part[gi * max_distance..(gi + 1) * max_distance];
+                        for (j, p) in row.iter().enumerate() {
+                            let dd = pos - k_start - j;
+                            if dd < max_distance {
+                                dist[dd] += p;
+                            }
+                        }
+                    }
+                }
+                for gi in 0..g {
+                    let h = t.kvh * g + gi;
+                    for (dst, x) in sums[h * max_distance..(h + 1) * max_distance]
+                        .iter_mut()
+                        .zip(&part[gi * max_distance..(gi + 1) * max_distance])
+                    {
+                        *dst += *x as f64;
+                    }
+                }
+                sums
+            },
+        )
+        .reduce(
+            || vec![0f64; heads * max_distance],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// Whether [`attend`] runs on `device`: burn's CPU backend without autodiff (the kernel reads
+/// and writes host memory and has no backward).
+pub fn available(device: &Device) -> bool {
+    !device.is_autodiff() && *device == Device::flex()
+}
+
+impl FlashShape {
+    /// The shape of tensors q `[batch, heads, q_len, head_dim]` and k
+    /// `[batch, kv_heads, k_len, head_dim]`.
+    pub fn of(q: &Tensor<4>, k: &Tensor<4>, q_offset: usize) -> FlashShape {
+        let [batch, heads, q_len, head_dim] = q.dims();
+        let [_, kv_heads, k_len, _] = k.dims();
+        FlashShape {
+            batch,
+            heads,
+            kv_heads,
+            q_len,
+            k_len,
+            head_dim,
+            q_offset,
+        }
+    }
+}
+
+impl FlashOutput {
+    /// As tensors on `device`: output `[batch, heads, q_len, head_dim]`, log-sum-exp and
+    /// entropy `[batch, heads, q_len]`.
+    pub fn into_tensors(
+        self,
+        s: FlashShape,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<3>, Option<Tensor<3>>) {
+        let rows = [s.batch, s.heads, s.q_len];
+        let vec3 = |x: Vec<f32>| Tensor::<3>::from_data(TensorData::new(x, rows), device);
+        let dims = [s.batch, s.heads, s.q_len, s.head_dim];
+        (
+            Tensor::from_data(TensorData::new(self.out, dims), device),
+            vec3(self.lse),
+            self.entropy.map(vec3),
+        )
+    }
+}
+
+/// Vectorised row kernels: a branch-free polynomial `exp` and lane-wise reductions, written so
+/// that LLVM vectorises them, compiled for AVX-512 and AVX2 and picked at run time.
+pub mod simd {
+    /// Lanes of the manual reductions (one AVX-512 register).
+    const LANES: usize = 16;
+
+    /// `e^x` for `x <= 0` (and moderately positive `x`), relative error about 2e-7: Cody-Waite
+    /// range reduction `x = n ln 2 + r`, Cephes' degree-5 polynomial for `e^r`, `2^n` from the
+    /// exponent bits. Inputs are clamped to `[-87, 88]` (no infinities or denormals).
+    ///
+    /// `n` is rounded by adding `1.5 * 2^23` (its low mantissa bits are then `n` as an
+    /// integer), not with `as i32`, whose saturating conversion does not vectorise.
+    #[inline(always)]
+    pub fn exp(x: f32) -> f32 {
+        exp_with::<false>(x)
+    }
+
+    /// `a * b + c`, fused where the caller is compiled with FMA (without it `mul_add` would be
+    /// a library call).
+    #[inline(always)]
+    fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+        if FMA { a.mul_add(b, c) } else { a * b + c }
+    }
+
+    /// [`exp`], with fused multiply-adds when `FMA`.
+    #[inline(always)]
+    fn exp_with<const FMA: bool>(x: f32) -> f32 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const C1: f32 = 0.693_359_4;
+        const C2: f32 = -2.121_944_4e-4;
+        const ROUND: f32 = 12_582_912.0;
+        let x = x.clamp(-87.0, 88.0);
+        let t = fmadd::<FMA>(x, LOG2E, ROUND);
+        let n = t - ROUND;
+        let r = fmadd::<FMA>(-n, C2, fmadd::<FMA>(-n, C1, x));
+        let p = 1.987_569_1e-4_f32;
+        let p = fmadd::<FMA>(p, r, 1.398_199_9e-3);
+        let p = fmadd::<FMA>(p, r, 8.333_452e-3);
+        let p = fmadd::<FMA>(p, r, 4.166_579_6e-2);
+        let p = fmadd::<FMA>(p, r, 1.666_666_5e-1);
+        let p = fmadd::<FMA>(p, r, 0.5);
+        let e = fmadd::<FMA>(p, r * r, r + 1.0);
+        let pow2 = (t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23;
+        e * f32::from_bits(pow2)
+    }
+
+    #[inline(always)]
+    fn max_impl<const FMA: bool>(x: &[f32]) -> f32 {
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let chunks = x.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                *a = a.max(*v);
+            }
+        }
+        let mut m = acc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for v in tail {
+            m = m.max(*v);
+        }
+        m
+    }
+
+    /// `x_j <- e^(x_j - shift)`; returns `(sum_j e^(x_j - shift), sum_j e^(x_j - shift) (x_j -
+    /// shift))` (the second 0 unless `with_px`).
+    #[inline(always)]
+    fn exp_shifted_impl<const FMA: bool>(x: &mut [f32], shift: f32, with_px: bool) -> (f32, f32) {
+        let mut s = [0f32; LANES];
+        let mut spx = [0f32; LANES];
+        let mut chunks = x.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                let y = c[i] - shift;
+                let e = exp_with::<FMA>(y);
+                c[i] = e;
+                s[i] += e;
+                if with_px {
+                    spx[i] = fmadd::<FMA>(e, y, spx[i]);
+                }
+            }
+        }
+        let (mut sum, mut sum_px) = (s.iter().sum::<f32>(), spx.iter().sum::<f32>());
+        for v in chunks.into_remainder() {
+            let y = *v - shift;
+            let e = exp_with::<FMA>(y);
+            *v = e;
+            sum += e;
+            sum_px += e * y;
+        }
+        (sum, if with_px { sum_px } else { 0.0 })
+    }
+
+    macro_rules! dispatch {
+        ($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+            /// Runtime-dispatched (AVX-512, AVX2+FMA, baseline) version of the lane kernel.
+            #[inline]
+            pub fn $name($($arg: $ty),*) -> $ret {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                    fn v4($($arg: $ty),*) -> $ret {
+                        $impl::<true>($($arg),*)
+                    }
+                    #[target_feature(enable = "avx2,fma")]
+                    fn v3($($arg: $ty),*) -> $ret {
+                        $impl::<true>($($arg),*)
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("avx512vl")
+                    {
+                        // SAFETY: the CPU has the features v4 is compiled for.
+                        return unsafe { v4($($arg),*) };
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: the CPU has the features v3 is compiled for.
+                        return unsafe { v3($($arg),*) };
+                    }
+                }
+                $impl::<false>($($arg),*)
+            }
+        };
+    }
+
+    /// `ln sum_j e^(x_j)`, overwriting `x` with `e^(x_j - max)`.
+    #[inline(always)]
+    fn logsumexp_impl<const FMA: bool>(x: &mut [f32]) -> f32 {
+        let m = max_impl::<FMA>(x);
+        m + exp_shifted_impl::<FMA>(x, m, false).0.ln()
+    }
+
+    dispatch!(max, max_impl, (x: &[f32]) -> f32);
+    dispatch!(logsumexp, logsumexp_impl, (x: &mut [f32]) -> f32);
+    dispatch!(exp_shifted, exp_shifted_impl, (x: &mut [f32], shift: f32, with_px: bool) -> (f32, f32));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::model::attention::tests::{max_diff, random_qkv};
+    use crate::model::attention::{attend_blockwise, attend_materialized, distance_sums as sums};
+    use crate::model::llama::to_f32_vec;
+
+    /// The kernel against the materialized softmax (probabilities, entropy from them, distance
+    /// sums by hand) for GQA and MHA, lengths that are not multiples of the blocks, blocks
+    /// larger and smaller than the input, and queries after a cache.
+    #[test]
+    fn flash_matches_materialized_attention() {
+        let blocks = [
+            AttentionBlocks { query: 7, key: 5 },
+            AttentionBlocks { query: 16, key: 64 },
+            AttentionBlocks { query: 64, key: 3 },
+            AttentionBlocks::flash(),
+        ];
+        // (heads, kv_heads, new queries, cached keys, head_dim)
+        for (heads, kv, nq, cached, d) in [(6, 2, 37, 0, 16), (4, 4, 29, 0, 8), (9, 3, 5, 40, 64)] {
+            let nk = nq + cached;
+            let [q, k, v] = random_qkv(heads, kv, nq, nk, d);
+            let (want, probs) = attend_materialized(q.clone(), k.clone(), v.clone(), cached, true);
+            let (want, p) = (to_f32_vec(want), to_f32_vec(probs.unwrap()));
+            let want_h: Vec<f32> = p
+                .chunks(nk)
+                .map(|row| {
+                    -row.iter()
+                        .filter(|x| **x > 0.0)
+                        .map(|x| (*x as f64) * (*x as f64).ln())
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            let max_d = nk - 3;
+            let mut want_dist = vec![0f64; heads * max_d];
+            for b in 0..2 {
+                for h in 0..heads {
+                    for i in 0..nq {
+                        for j in 0..=i + cached {
+                            let dd = i + cached - j;
+                            if dd < max_d {
+                                want_dist[h * max_d + dd] +=
+                                    p[((b * heads + h) * nq + i) * nk + j] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            for blk in blocks {
+                let (o, lse, h) =
+                    attend_blockwise(q.clone(), k.clone(), v.clone(), cached, blk, true);
+                let case = format!("heads {heads}/{kv}, nq {nq}, cache {cached}, {blk:?}");
+                let diff = max_diff(&want, &to_f32_vec(o));
+                assert!(diff < 1e-5, "output {case}: {diff}");
+                let diff = max_diff(&want_h, &to_f32_vec(h.unwrap()));
+                assert!(diff < 2e-5, "entropy {case}: {diff}");
+                let dist = sums(q.clone(), k.clone(), lse, cached, blk, max_d);
+                for (g, w) in dist.iter().zip(&want_dist) {
+                    assert!((g - w).abs() < 1e-4, "distance {case}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    /// Kernel throughput at SmolLM2-135M's attention shape (9 heads / 3 KV heads, head_dim
+    /// 64) for a few tiles: `FLASH_BENCH_LEN=4096 cargo test --release --lib flash_throughput
+    /// -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn flash_throughput() {
+        let len: usize = std::env::var("FLASH_BENCH_LEN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096);
+        let shape = FlashShape {
+            batch: 1,
+            heads: 9,
+            kv_heads: 3,
+            q_len: len,
+            k_len: len,
+            head_dim: 64,
+            q_offset: 0,
+        };
+        let values = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                        / 16_777_216.0
+                        - 0.5
+                })
+                .collect()
+        };
+        let q = values(9 * len * 64, 1);
+        let k = values(3 * len * 64, 2);
+        let v = values(3 * len * 64, 3);
+        // Two GEMMs over the causal half.
+        let flops = 2.0 * 2.0 * 9.0 * 64.0 * (len * len) as f64 / 2.0;
+        // FLASH_TILES="64x256,128x512" to try others.
+        let tiles: Vec<(usize, usize)> = std::env::var("FLASH_TILES")
+            .unwrap_or_else(|_| "64x256,128x256,128x512".into())
+            .split(',')
+            .filter_map(|t| t.split_once('x'))
+            .filter_map(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .collect();
+        for (bq, bk) in tiles {
+            let blocks = AttentionBlocks { query: bq, key: bk };
+            let t = std::time::Instant::now();
+            let c = crate::model::bench::process_cpu_s();
+            let r = flash_attention(&q, &k, &v, shape, blocks, false);
+            let (wall, cpu) = (
+                t.elapsed().as_secs_f64(),
+                crate::model::bench::process_cpu_s() - c,
+            );
+            println!(
+                "len {len} tile {bq}x{bk}: {wall:.3} s wall, {cpu:.3} s CPU, {:.1} GFLOP/CPU-s ({})",
+                flops / cpu / 1e9,
+                r.out[0]
+            );
+        }
+    }
+
+    #[test]
+    fn polynomial_exp_matches_std() {
+        let mut worst = 0f32;
+        for i in 0..200_000 {
+            let x = -87.0 + i as f32 * (87.0 + 10.0) / 200_000.0;
+            let (got, want) = (simd::exp(x), x.exp());
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(simd::exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn vector_kernels_match_scalar() {
+        let x: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919) % 101) as f32 * 0.1 - 5.0)
+            .collect();
+        assert_eq!(simd::max(&x), x.iter().copied().fold(f32::MIN, f32::max));
+        let mut y = x.clone();
+        let (s, spx) = simd::exp_shifted(&mut y, 1.5, true);
+        let want_s: f32 = x.iter().map(|v| (v - 1.5).exp()).sum();
+        let want_spx: f32 = x.iter().map(|v| (v - 1.5).exp() * (v - 1.5)).sum();
+        assert!((s - want_s).abs() < 1e-4 * want_s, "{s} {want_s}");
+        assert!(
+            (spx - want_spx).abs() < 1e-4 * want_spx.abs(),
+            "{spx} {want_spx}"
+        );
+        assert!((y[3] - (x[3] - 1.5).exp()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,360 @@
+//! The Slurm executor against a real single-node Slurm (`scripts/slurm-up.sh`, which `.ci/run`
+//! calls first). Each test skips, saying why, when no Slurm answers here, unless
+//! `PIPE_TEST_SLURM=require` (set by `.ci/run` once the cluster is up) makes that a failure.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Project;
+
+/// Whether a Slurm node with two GPUs is idle or busy here; prints why not.
+fn slurm_up(test: &str) -> bool {
+    let out = Command::new("sinfo").args(["-h", "-o", "%T %G"]).output();
+    let why = match out {
+        Err(e) => format!("no `sinfo` ({e})"),
+        Ok(o) if !o.status.success() => format!(
+            "sinfo failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            if text.lines().any(|l| l.contains("gpu:2")) {
+                return true;
+            }
+            format!("no node with gres gpu:2 ({})", text.trim())
+        }
+    };
+    assert!(
+        std::env::var("PIPE_TEST_SLURM").as_deref() != Ok("require"),
+        "{test}: Slurm is required (PIPE_TEST_SLURM=require) but {why}"
+    );
+    eprintln!("skipping {test}: Slurm is not up ({why}); run scripts/slurm-up.sh");
+    false
+}
+
+/// A project whose `p.toml` is a pipeline of `stages` named uniquely after `name` (so squeue
+/// can be filtered by it), or `None` (the test skips) when Slurm is not up.
+fn slurm_project(test: &str, name: &str, stages: &str) -> Option<(Project, String)> {
+    if !slurm_up(test) {
+        return None;
+    }
+    let p = Project::new();
+    let name = unique(name);
+    p.write(
+        "p.toml",
+        &format!("[pipeline]\nname = \"{name}\"\n{stages}"),
+    );
+    Some((p, name))
+}
+
+/// `pipe` with the Slurm executor, polling fast.
+fn slurm_cmd(p: &Project, args: &[&str]) -> Command {
+    let mut c = p.command(args);
+    c.arg("--executor")
+        .arg("slurm")
+        .env("PIPE_SLURM_POLL", "0.3")
+        .env("PIPE_SLURM_SIGNAL_SECONDS", "20");
+    c
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Names of this test's jobs that squeue lists as pending or running.
+fn queued(pipeline: &str) -> Vec<String> {
+    let out = Command::new("squeue")
+        .args(["-h", "-o", "%i %j %T"])
+        .output()
+        .unwrap_or_else(|e| panic!("squeue: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pipe-{pipeline}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A pipeline name no other test (or earlier run) uses, so squeue can be filtered by it.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{name}{}x{nanos}", std::process::id())
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn slurm_failure_names_the_job_its_exit_code_and_log() {
+    let Some((p, _)) = slurm_project(
+        "slurm_failure_names_the_job_its_exit_code_and_log",
+        "fail",
+        "[stages.bad]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo broken input >&2; exit 3\"]\n[stages.good]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo ok > out.txt\"]\n",
+    ) else {
+        return;
+    };
+    let out = slurm_cmd(&p, &["run", "p.toml", "--keep-going"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("1 of 2 instance(s) failed"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("bad: job ") && l.contains(" ended "))
+        .unwrap_or_else(|| panic!("no failure line:\n{text}"));
+    assert!(line.contains("ended FAILED (exit code 1:0)"), "{line}");
+    let log = line
+        .split("; log ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no log in {line}"));
+    let log_text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{log}: {e}"));
+    assert!(log_text.contains("broken input"), "{log_text}");
+    // The stage's own error reaches the summary, not only the job's.
+    assert!(text.contains("exited with status 3"), "{text}");
+    assert_eq!(super::built(&text), ["good"], "{text}");
+    assert_eq!(p.entries().len(), 1);
+}
+
+#[test]
+fn slurm_interrupted_run_cancels_every_job() {
+    // Different commands: identical ones would share one key and build once.
+    let sleeper = |s: &str| {
+        format!("[stages.{s}]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"sleep 120 # {s}\"]\n")
+    };
+    let Some((p, name)) = slurm_project(
+        "slurm_interrupted_run_cancels_every_job",
+        "cancel",
+        &format!("{}{}", sleeper("a"), sleeper("b")),
+    ) else {
+        return;
+    };
+    let child = slurm_cmd(&p, &["run", "p.toml"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for("two jobs in squeue", Duration::from_secs(30), || {
+        queued(&name).len() == 2
+    });
+    // SAFETY: kill(2) on the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    // scancel is asynchronous: the jobs leave the queue within moments.
+    wait_for("the queue to empty", Duration::from_secs(15), || {
+        queued(&name).is_empty()
+    });
+    assert!(p.entries().is_empty());
+}
+
+#[test]
+fn slurm_gpu_stages_share_the_two_gpus() {
+    let stage = |s: &str| {
+        format!(
+            "[stages.{s}]\nkind = \"command\"\nresources = {{ gpus = 1 }}\nargs = [\"sh\", \"-c\", \"echo start {s} $(date +%s%N) $CUDA_VISIBLE_DEVICES >> $PIPE_PIPELINE_DIR/log; sleep 2; echo end {s} $(date +%s%N) >> $PIPE_PIPELINE_DIR/log\"]\n"
+        )
+    };
+    let Some((p, _)) = slurm_project(
+        "slurm_gpu_stages_share_the_two_gpus",
+        "gpus",
+        &format!("{}{}", stage("a"), stage("b")),
+    ) else {
+        return;
+    };
+    let out = slurm_cmd(&p, &["run", "p.toml"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let log = std::fs::read_to_string(p.path().join("log")).unwrap_or_default();
+    let at = |ev: &str, who: &str| -> (u128, String) {
+        log.lines()
+            .find_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.first() == Some(&ev) && w.get(1) == Some(&who)).then(|| {
+                    (
+                        w.get(2).and_then(|t| t.parse().ok()).unwrap_or(0),
+                        w.get(3).map_or(String::new(), |s| s.to_string()),
+                    )
+                })
+            })
+            .unwrap_or_else(|| panic!("no `{ev} {who}` in {log}"))
+    };
+    let (sa, gpu_a) = at("start", "a");
+    let (sb, gpu_b) = at("start", "b");
+    let (ea, _) = at("end", "a");
+    let (eb, _) = at("end", "b");
+    assert!(
+        sa < eb && sb < ea,
+        "the two gpus = 1 jobs did not overlap:\n{log}"
+    );
+    let gpus: BTreeSet<String> = [gpu_a, gpu_b].into();
+    assert_eq!(gpus, ["0".to_string(), "1".to_string()].into(), "{log}");
+}
+
+#[test]
+fn slurm_rerun_reattaches_to_a_job_whose_submitter_died() {
+    let Some((p, name)) = slurm_project(
+        "slurm_rerun_reattaches_to_a_job_whose_submitter_died",
+        "attach",
+        "[stages.slow]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo run >> $PIPE_PIPELINE_DIR/count; sleep 6; echo ok > out.txt\"]\n",
+    ) else {
+        return;
+    };
+    let mut child = slurm_cmd(&p, &["run", "p.toml"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for("the job to start", Duration::from_secs(30), || {
+        p.path().join("count").is_file()
+    });
+    // The submitter dies without a chance to cancel anything.
+    // SAFETY: kill(2) on the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    assert_eq!(
+        queued(&name).len(),
+        1,
+        "the job should outlive its submitter"
+    );
+    let status = p.ok(&["status", "p.toml"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("slurm job ") && l.contains("RUNNING") && l.ends_with(" slow")),
+        "{status}"
+    );
+    let out = slurm_cmd(&p, &["run", "p.toml"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("re-attached to job"), "{text}");
+    assert_eq!(super::built(&text), ["slow"], "{text}");
+    // Built once, by the first job.
+    let count = std::fs::read_to_string(p.path().join("count")).unwrap_or_default();
+    assert_eq!(count, "run\n");
+    let entries = p.entries();
+    assert_eq!(entries.len(), 1);
+    let ok = std::fs::read_to_string(p.cache().join(&entries[0]).join("out.txt"));
+    assert_eq!(ok.ok().as_deref(), Some("ok\n"));
+}
+
+#[test]
+fn slurm_time_limit_resubmits_and_resumes() {
+    // The first attempt writes a checkpoint when warned (SIGUSR1, which `--signal` sends to
+    // `pipe exec` and the command stage passes on) and is then killed at its one-minute limit;
+    // the resubmitted attempt finds the checkpoint in the kept build directory and finishes.
+    let script = "n=$(cat attempts 2>/dev/null || echo 0); echo $((n+1)) > attempts; \
+                  if [ -f checkpoint ]; then echo resumed > out.txt; exit 0; fi; \
+                  trap 'echo warned > checkpoint' USR1; \
+                  sleep 300 & wait; sleep 300 & wait";
+    let Some((p, _)) = slurm_project(
+        "slurm_time_limit_resubmits_and_resumes",
+        "timeout",
+        &format!(
+            "[stages.long]\nkind = \"command\"\nresumable = true\nresources = {{ time = \"1\" }}\nargs = [\"sh\", \"-c\", \"{script}\"]\n"
+        ),
+    ) else {
+        return;
+    };
+    let child = slurm_cmd(&p, &["run", "p.toml"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ended TIMEOUT; resubmitted as job"), "{text}");
+    let entries = p.entries();
+    assert_eq!(entries.len(), 1, "{text}");
+    let entry = p.cache().join(&entries[0]);
+    let read = |f: &str| std::fs::read_to_string(entry.join(f)).unwrap_or_default();
+    assert_eq!(read("attempts"), "2\n");
+    assert_eq!(read("out.txt"), "resumed\n");
+}
+
+/// The shrunk quickstart (tests/stages/quickstart.rs) through Slurm and locally: the same
+/// tables, value for value, apart from wall-clock columns.
+#[test]
+fn slurm_quickstart_matches_the_local_run() {
+    if !slurm_up("slurm_quickstart_matches_the_local_run") {
+        return;
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/quickstart.toml");
+    let file = file.to_string_lossy().to_string();
+    let mut args = vec!["run", file.as_str()];
+    for s in crate::stages::quickstart::SHRINK {
+        args.extend(["--set", s]);
+    }
+    let local = Project::new();
+    local.ok(&args);
+    let remote = Project::new();
+    let out = slurm_cmd(&remote, &args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("submitted as job"), "{text}");
+    let dir = |p: &Project| p.path().join("results/quickstart");
+    let mut tables = 0;
+    for entry in std::fs::read_dir(dir(&local))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".parquet") || name == "runs.parquet" {
+            continue;
+        }
+        let a = comparable(&entry.path());
+        let b = comparable(&dir(&remote).join(&name));
+        assert_eq!(a, b, "{name} differs between the local and the Slurm run");
+        tables += 1;
+    }
+    assert!(tables >= 10, "only {tables} tables");
+    // The same keys: the executor is not part of any key.
+    assert_eq!(local.entries(), remote.entries());
+}
+
+/// A table as text rows, without the columns that hold wall-clock measurements.
+fn comparable(path: &Path) -> Vec<String> {
+    let (schema, batches) = ropelens::pipeline::results::read_parquet(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let keep: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            let n = f.name();
+            !(n.contains("seconds")
+                || n.ends_with("_s")
+                || n.contains("per_s")
+                || n.ends_with("_at"))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut rows = Vec::new();
+    for b in &batches {
+        let b = b.project(&keep).unwrap_or_else(|e| panic!("{e}"));
+        let text = arrow::util::pretty::pretty_format_batches(&[b])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        rows.extend(text.lines().map(str::to_string));
+    }
+    rows
+}
