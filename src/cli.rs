@@ -484,11 +484,23 @@ fn cache_command(command: CacheCommand) -> Result<()> {
                 });
                 println!("{}  {:>10}  {:>4}  {who}", e.key, human_bytes(e.bytes), age);
             }
+            let partials = cache.partials();
+            for (key, bytes, busy) in &partials {
+                let what = if *busy {
+                    "being built"
+                } else {
+                    "left by a failed or killed build (resumed or cleared by the next build; `cache gc` removes it when unreferenced)"
+                };
+                println!("{key}.partial  {:>10}  {what}", human_bytes(*bytes));
+            }
+            let partial_bytes: u64 = partials.iter().map(|(_, b, _)| b).sum();
             println!(
-                "{} entries, {} in {}",
+                "{} entries, {} in {}; {} partial build(s), {}",
                 entries.len(),
                 human_bytes(total),
-                cache.root.display()
+                cache.root.display(),
+                partials.len(),
+                human_bytes(partial_bytes)
             );
             Ok(())
         }

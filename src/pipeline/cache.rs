@@ -43,6 +43,21 @@ pub struct KeyLock {
     _file: File,
 }
 
+/// A run's pin on every entry it uses (`leases/<pid>-<n>.json`, listing the keys, locked by the
+/// run): `pipe cache gc` keeps the keys of every live lease, so cleaning the cache for another
+/// pipeline never removes an upstream entry a running stage still reads. Released on drop; a
+/// lease whose run died is unlocked, and gc removes it.
+pub struct Lease {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// One entry as `pipe cache ls` shows it.
 #[derive(Debug, Clone)]
 pub struct EntryInfo {
@@ -109,9 +124,9 @@ impl Cache {
 
     /// Take the lock of `key` if no other process holds it; `None` when one does.
     pub fn try_lock(&self, key: &str) -> Result<Option<KeyLock>> {
-        let dir = self.root.join("locks");
-        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
-        let path = dir.join(format!("{key}.lock"));
+        let path = self.lock_path(key);
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -125,6 +140,60 @@ impl Cache {
         }
     }
 
+    /// Pin `keys` until the lease is dropped (see [`Lease`]).
+    pub fn lease(&self, keys: &[&str]) -> Result<Lease> {
+        let dir = self.root.join("leases");
+        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+        // Locked and written under a temporary name, then renamed: gc never sees a lease
+        // file that is not yet locked (it would take it for a dead run's).
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+            .map_err(|e| Error::io("cannot write in", &dir, e))?;
+        tmp.as_file()
+            .lock()
+            .map_err(|e| Error::io("cannot lock", tmp.path(), e))?;
+        let bytes = serde_json::to_vec(keys).unwrap_or_default();
+        tmp.write_all(&bytes)
+            .map_err(|e| Error::io("cannot write", tmp.path(), e))?;
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = dir.join(format!("{}-{stamp}.json", std::process::id()));
+        let file = tmp
+            .persist(&path)
+            .map_err(|e| Error::io("cannot write", &path, e.error))?;
+        Ok(Lease { path, _file: file })
+    }
+
+    /// The keys of every live lease; removes the leases of runs that died.
+    fn leased(&self) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        let Ok(rd) = fs::read_dir(self.root.join("leases")) else {
+            return keys;
+        };
+        for entry in rd.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Ok(file) = File::options().read(true).write(true).open(&path) else {
+                continue;
+            };
+            match file.try_lock() {
+                Ok(()) => {
+                    let _ = fs::remove_file(&path);
+                }
+                Err(_) => {
+                    let listed: Vec<String> = fs::read(&path)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or_default();
+                    keys.extend(listed);
+                }
+            }
+        }
+        keys
+    }
+
     /// Prepare the build directory of `key`: the kept partial of a failed or killed attempt for
     /// resumable kinds, an empty one otherwise. Call with the key's lock held.
     pub fn begin(&self, key: &str, resumable: bool) -> Result<PathBuf> {
@@ -136,10 +205,19 @@ impl Cache {
         Ok(dir)
     }
 
-    /// Move a finished build into place (replacing an existing entry when forced). Call with the
-    /// key's lock held.
-    pub fn commit(&self, record: &KeyRecord) -> Result<PathBuf> {
+    /// Move a finished build into place (replacing an existing entry when forced), then remove
+    /// its `scratch` folders (checkpoints): they stay until the entry is in place, so a kill at
+    /// any moment leaves something to resume from or a complete entry. Temporary files of
+    /// writes a killed attempt never finished are removed before. Call with the key's lock held.
+    pub fn commit(&self, record: &KeyRecord, scratch: &[&str]) -> Result<PathBuf> {
         let partial = self.partial(&record.key);
+        remove_temporaries(&partial)?;
+        if !scratch.is_empty() {
+            // Left behind by a kill between the rename and the removal below: finished by
+            // `finish_commit` (gc, ls).
+            let listed = serde_json::to_vec(scratch).unwrap_or_default();
+            write_atomic(&partial.join(SCRATCH_FILE), &listed)?;
+        }
         let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
         write_atomic(&partial.join(KEY_FILE), &bytes)?;
         let entry = self.entry(&record.key);
@@ -151,7 +229,42 @@ impl Cache {
             fs::remove_dir_all(&old).map_err(|e| Error::io("cannot remove", &old, e))?;
         }
         fs::rename(&partial, &entry).map_err(|e| Error::io("cannot move into place", &entry, e))?;
+        finish_commit(&entry)?;
         Ok(entry)
+    }
+
+    fn lock_path(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lock"))
+    }
+
+    /// Whether another process (or this one) holds `key`'s build lock.
+    fn is_locked(&self, key: &str) -> bool {
+        File::options()
+            .write(true)
+            .open(self.lock_path(key))
+            .is_ok_and(|f| f.try_lock().is_err())
+    }
+
+    /// Build directories (`<key>.partial/`): each key, its size and whether a run is building
+    /// it now (its lock is held); the others are what a failed or killed attempt left.
+    pub fn partials(&self) -> Vec<(String, u64, bool)> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(&self.root) else {
+            return out;
+        };
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(key) = name.strip_suffix(".partial") else {
+                continue;
+            };
+            out.push((
+                key.to_string(),
+                dir_size(&entry.path()),
+                self.is_locked(key),
+            ));
+        }
+        out.sort();
+        out
     }
 
     /// Every complete entry, sorted by key.
@@ -169,6 +282,7 @@ impl Cache {
             if !key_file.is_file() {
                 continue;
             }
+            finish_commit(&path)?;
             let record = fs::read(&key_file)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
@@ -184,8 +298,11 @@ impl Cache {
     }
 
     /// Remove entries (and partial builds) whose key is not in `keep`; returns what was (or, on a
-    /// dry run, would be) removed with its size. Entries whose lock is held are left alone.
+    /// dry run, would be) removed with its size. Entries whose lock is held and entries a
+    /// running `pipe run` uses (its [`Lease`]) are left alone.
     pub fn gc(&self, keep: &BTreeSet<String>, dry_run: bool) -> Result<Vec<(PathBuf, u64)>> {
+        let mut keep = keep.clone();
+        keep.extend(self.leased());
         let mut removed = Vec::new();
         let rd = match fs::read_dir(&self.root) {
             Ok(rd) => rd,
@@ -205,24 +322,64 @@ impl Cache {
             if !is_entry || keep.contains(&key) || key.len() != 32 {
                 continue;
             }
-            let lock_path = self.root.join("locks").join(format!("{key}.lock"));
-            let busy = File::options()
-                .write(true)
-                .open(&lock_path)
-                .is_ok_and(|f| f.try_lock().is_err());
-            if busy {
+            if self.is_locked(&key) {
                 continue;
             }
             let size = dir_size(&path);
             if !dry_run {
                 fs::remove_dir_all(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
-                let _ = fs::remove_file(&lock_path);
+                let _ = fs::remove_file(self.lock_path(&key));
             }
             removed.push((path, size));
         }
         removed.sort();
         Ok(removed)
     }
+}
+
+/// File name, inside a committing entry, of the list of its scratch folders still to remove.
+const SCRATCH_FILE: &str = ".pipe-scratch.json";
+
+/// Remove the scratch folders an entry's commit listed, then the list.
+fn finish_commit(entry: &Path) -> Result<()> {
+    let list = entry.join(SCRATCH_FILE);
+    let Ok(bytes) = fs::read(&list) else {
+        return Ok(());
+    };
+    let folders: Vec<String> = serde_json::from_slice(&bytes).unwrap_or_default();
+    for f in folders {
+        let dir = entry.join(&f);
+        // Only plain relative names: the list is ours, but never follow it out of the entry.
+        if f.contains(['/', '\\']) || f.starts_with('.') || !dir.exists() {
+            continue;
+        }
+        fs::remove_dir_all(&dir).map_err(|e| Error::io("cannot remove", &dir, e))?;
+    }
+    fs::remove_file(&list).map_err(|e| Error::io("cannot remove", &list, e))
+}
+
+/// Whether `name` is a temporary file of an atomic write (`tempfile`'s `.tmpXXXXXX`).
+fn is_temporary(name: &str) -> bool {
+    name.strip_prefix(".tmp")
+        .is_some_and(|rest| rest.len() == 6 && rest.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// Remove the temporary files of unfinished atomic writes under `dir` (a killed attempt's).
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => remove_temporaries(&path)?,
+            Ok(_) if is_temporary(&e.file_name().to_string_lossy()) => {
+                fs::remove_file(&path).map_err(|err| Error::io("cannot remove", &path, err))?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Total size of the files under `path`.

@@ -382,6 +382,8 @@ pub struct Report {
 pub struct Claim {
     pub job: Job,
     record: KeyRecord,
+    /// Folders removed once the entry is committed.
+    scratch: Vec<&'static str>,
     _lock: KeyLock,
 }
 
@@ -463,9 +465,15 @@ pub fn prepare(
     let out_dir = cache
         .begin(&record.key, plan.resumable[i] || keep_partial)
         .map_err(cache_err)?;
+    let inst = &plan.graph.instances[i];
+    let scratch = plan.pipeline.stages[inst.stage]
+        .kind
+        .scratch(&inst.params)
+        .map_err(|e| Failure::Stage(format!("{e:#}")))?;
     Ok(Prepared::Build(Box::new(Claim {
         job: plan.job(i, cache, out_dir),
         record: record.clone(),
+        scratch,
         _lock: lock,
     })))
 }
@@ -478,7 +486,9 @@ pub fn finish(
 ) -> std::result::Result<(), Failure> {
     result?;
     let cache_err = |e: Error| Failure::Cache(e.to_string());
-    cache.commit(&claim.record).map_err(cache_err)?;
+    cache
+        .commit(&claim.record, &claim.scratch)
+        .map_err(cache_err)?;
     cache.write_record(&claim.record).map_err(cache_err)
 }
 

@@ -57,7 +57,14 @@ pub fn run(
     executor: &mut dyn executor::Executor,
 ) -> Result<RunSummary> {
     let started = Utc::now();
+    // Pin every entry of the run (upstream entries it reads included) against `cache gc`.
+    let keys: Vec<&str> = (0..plan.records.len())
+        .filter(|&i| plan.included[i])
+        .map(|i| plan.key(i))
+        .collect();
+    let lease = cache.lease(&keys)?;
     let reports = exec::execute(plan, cache, opts, executor);
+    drop(lease);
     let finished = Utc::now();
     write_results(plan, cache, &reports, started, finished)?;
     let count = |f: fn(&Outcome) -> bool| {

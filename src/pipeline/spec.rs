@@ -44,6 +44,10 @@ fn default_device() -> String {
     "cpu".to_string()
 }
 
+/// The longest pipeline or stage name, in bytes: names become file names (255 bytes at most on
+/// common filesystems), an instance name adds its matrix labels.
+const MAX_NAME: usize = 100;
+
 /// Stage keys the runner reads itself; every other key is a parameter of the kind.
 pub const COMMON_KEYS: [&str; 5] = ["kind", "needs", "matrix", "seed", "resources"];
 
@@ -357,11 +361,19 @@ fn check_header(source: &Source, v: &Value<'_>, h: Header) -> Result<Header, Spe
             ),
         ));
     }
-    if h.name.is_empty() || h.name.contains(['/', '\\']) || h.name.starts_with('.') {
+    if h.name.is_empty()
+        || h.name.contains(['/', '\\'])
+        || h.name.starts_with('.')
+        || h.name.chars().any(char::is_control)
+        || h.name.len() > MAX_NAME
+    {
         return Err(source.error(
             span_of("name"),
             "pipeline.name",
-            format!("`{}` cannot be a directory name under results/", h.name),
+            format!(
+                "`{}` cannot be a directory name under results/ (no `/`, `\\`, leading `.` or control characters, at most {MAX_NAME} bytes)",
+                h.name.escape_debug()
+            ),
         ));
     }
     Ok(h)
@@ -639,16 +651,30 @@ fn parse_stage<'i>(
     let name = name_key.get_ref().to_string();
     let key = format!("stages.{name}");
     let err1 = |span: Range<usize>, key: &str, msg: String| vec![source.error(span, key, msg)];
-    if name.is_empty() || name.contains(['@', '[', ']', ',', '/']) {
+    if name.is_empty()
+        || name.contains(['@', '[', ']', ',', '/'])
+        || name.chars().any(char::is_control)
+        || name.len() > MAX_NAME
+    {
         return Err(err1(
             name_key.span(),
             &key,
-            format!("stage name `{name}` may not contain `@ [ ] , /`"),
+            format!(
+                "stage name `{}` may not be empty, contain `@ [ ] , /` or control characters, or be longer than {MAX_NAME} bytes",
+                name.escape_debug()
+            ),
         ));
     }
     let Some(table) = value.get_ref().as_table() else {
         return Err(err1(value.span(), &key, "a stage must be a table".into()));
     };
+    if let Some((span, at)) = non_finite(table, &key) {
+        return Err(err1(
+            span,
+            &at,
+            "not a finite number: `nan` and `inf` are not valid parameter values".into(),
+        ));
+    }
     let location = source.location(name_key.span(), &key);
     let kind = match table.get("kind") {
         None => return Err(err1(name_key.span(), &key, "missing `kind`".into())),
@@ -865,6 +891,22 @@ fn parse_stage<'i>(
         resources,
         location,
     })
+}
+
+/// The first `nan` or `inf` under `table` (whose key is `prefix`): its span and dotted key.
+fn non_finite(table: &DeTable<'_>, prefix: &str) -> Option<(Range<usize>, String)> {
+    fn visit(v: &Value<'_>, key: &str) -> Option<(Range<usize>, String)> {
+        match v.get_ref() {
+            DeValue::Float(f) => (!f.as_str().parse::<f64>().is_ok_and(f64::is_finite))
+                .then(|| (v.span(), key.to_string())),
+            DeValue::Array(a) => a.iter().find_map(|x| visit(x, key)),
+            DeValue::Table(t) => non_finite(t, key),
+            _ => None,
+        }
+    }
+    table
+        .iter()
+        .find_map(|(k, v)| visit(v, &format!("{prefix}.{}", k.get_ref())))
 }
 
 /// A kind's `check` error at the value it names (the deepest part of its dotted key written in

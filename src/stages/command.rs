@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
@@ -124,6 +125,19 @@ impl StageKind for Command {
         let logs = ctx.out_dir.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let stdout = std::fs::File::create(logs.join("stdout.txt"))?;
+        // Its own process group (the whole group is killed if `run` leaves early), and killed
+        // when the thread that started it dies, even by kill -9 of `pipe`: an orphan would go
+        // on writing into the build directory beside the re-run that replaces it.
+        cmd.process_group(0);
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd.stdout(stdout)
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
@@ -152,6 +166,9 @@ impl StageKind for Command {
                 pipe.read_to_string(&mut err).ok();
             }
             let status = child.wait();
+            // Whatever the program left running in its group ends with it.
+            // SAFETY: kill(2) on the process group the child led; no memory is involved.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             (err, status)
         });

@@ -64,6 +64,10 @@ pub fn write_rows<T: Table>(ctx: &Ctx<'_>, rows: &[T]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest context length an evaluation accepts: 4M tokens, 32 times the paper's 128K; a
+/// larger value is a typo that would otherwise fail allocating its buffers.
+pub const MAX_CONTEXT: usize = 1 << 22;
+
 /// Checks a list of context lengths (parameter `key`): non-empty, each at least `min`, no
 /// duplicates.
 pub fn check_lengths(lengths: &[usize], min: usize, key: &str) -> Result<(), ParamError> {
@@ -73,10 +77,10 @@ pub fn check_lengths(lengths: &[usize], min: usize, key: &str) -> Result<(), Par
             "is empty: give at least one context length",
         ));
     }
-    if let Some(l) = lengths.iter().find(|&&l| l < min) {
+    if let Some(l) = lengths.iter().find(|&&l| l < min || l > MAX_CONTEXT) {
         return Err(ParamError::new(
             key,
-            format!("holds {l}: context lengths must be at least {min}"),
+            format!("holds {l}: context lengths must be in [{min}, {MAX_CONTEXT}]"),
         ));
     }
     let mut sorted = lengths.to_vec();

@@ -149,6 +149,10 @@ impl StageKind for EvalPpl {
                 .with_context(|| format!("perplexity at length {length}"))?;
             let total = split.num_docs();
             match out.mean_nll() {
+                Some(nll) if !nll.is_finite() => bail!(
+                    "perplexity at length {length} is {nll} (mean NLL): the model `{}` has non-finite weights or activations",
+                    ctx.need("model")?.instance
+                ),
                 Some(nll) => ctx.progress.message(&format!(
                     "L={length} {}: ppl {:.3} (nll {nll:.4}) over {} documents ({} of {total} \
                      validation documents are shorter)",
@@ -162,6 +166,13 @@ impl StageKind for EvalPpl {
                 )),
             }
             rows.extend(out.rows);
+        }
+        if rows.is_empty() {
+            bail!(
+                "no validation document of data `{}` has {} tokens: nothing was evaluated (lower `lengths` or give the data stage longer documents)",
+                ctx.need("data")?.instance,
+                p.lengths.iter().min().copied().unwrap_or(0)
+            );
         }
         write_rows(ctx, &rows)
     }

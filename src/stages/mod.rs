@@ -265,6 +265,13 @@ pub trait StageKind: Send + Sync + 'static {
         Resources::default()
     }
 
+    /// Folders of the build directory that are not part of the result (checkpoints): kept
+    /// while the instance is built, so that a kill at any moment can resume, and removed only
+    /// once the entry is committed.
+    fn scratch(_params: &Self::Params) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// Folders of the output that the runner copies into `results/<pipeline>/` after a run
     /// (straight in when one instance has them, into `<instance>/` when several do).
     fn publishes() -> &'static [&'static str] {
@@ -377,6 +384,7 @@ pub trait ErasedKind: Send + Sync {
     fn param_names(&self) -> Option<Vec<String>>;
     fn check(&self, params: &serde_json::Value) -> Result<(), ParamError>;
     fn publishes(&self) -> &'static [&'static str];
+    fn scratch(&self, params: &serde_json::Value) -> anyhow::Result<Vec<&'static str>>;
     fn inputs(
         &self,
         params: &serde_json::Value,
@@ -434,6 +442,9 @@ impl<K: StageKind> ErasedKind for Erased<K> {
     }
     fn publishes(&self) -> &'static [&'static str] {
         K::publishes()
+    }
+    fn scratch(&self, params: &serde_json::Value) -> anyhow::Result<Vec<&'static str>> {
+        Ok(K::scratch(&typed::<K>(params)?))
     }
     fn inputs(
         &self,

@@ -132,6 +132,14 @@ impl StageKind for Train {
         true
     }
 
+    fn scratch(params: &Self::Params) -> Vec<&'static str> {
+        if params.train.keep_checkpoint {
+            Vec::new()
+        } else {
+            vec![checkpoint::CHECKPOINTS_DIR]
+        }
+    }
+
     fn run(params: &Self::Params, ctx: &Ctx<'_>) -> anyhow::Result<()> {
         let device = crate::device::device(ctx.device)?;
         let train_device = device.clone().autodiff();
@@ -206,9 +214,8 @@ impl StageKind for Train {
         let sp = ctx.out_dir.join(SUMMARY_FILE);
         std::fs::write(&sp, serde_json::to_string_pretty(&summary)? + "\n")
             .with_context(|| format!("writing {}", sp.display()))?;
-        if !p.keep_checkpoint {
-            checkpoint::remove_all(ctx.out_dir)?;
-        }
+        // Checkpoints stay until the entry is committed (`scratch`): removing them here would
+        // leave a kill before the commit nothing to resume from.
         Ok(())
     }
 }

@@ -212,3 +212,14 @@ fn stages_write_their_tables() {
     let e = run::<EvalPpl>(&p, &bad, &out, &Silent).unwrap_err();
     assert!(e.to_string().contains("has no model"), "{e}");
 }
+
+#[test]
+fn eval_ppl_with_no_document_long_enough_is_an_error() {
+    // Every validation document is shorter than 4096 tokens: an empty table would pass for a
+    // result.
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let p: EvalPplParams = serde_json::from_value(serde_json::json!({"lengths": [4096]})).unwrap();
+    let e = run::<EvalPpl>(&p, &needs(&f, false), &tmp.path().join("ppl"), &Silent).unwrap_err();
+    assert!(format!("{e:#}").contains("nothing was evaluated"), "{e:#}");
+}

@@ -217,3 +217,69 @@ fn gc_removes_unreferenced_entries() {
         "{ls}"
     );
 }
+
+#[test]
+fn gc_keeps_the_entries_a_running_run_uses() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        &format!(
+            "{HEAD}[stages.a]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo a > out.txt\"]\n\n[stages.b]\nkind = \"command\"\nneeds = {{ x = \"a\" }}\nargs = [\"sh\", \"-c\", \"touch $PIPE_PIPELINE_DIR/b-started; while [ ! -f $PIPE_PIPELINE_DIR/go ]; do sleep 0.05; done; cat $PIPE_NEED_X/out.txt > out.txt\"]\n"
+        ),
+    );
+    p.write(
+        "other.toml",
+        "[pipeline]\nname = \"other\"\n[stages.c]\nkind = \"command\"\nargs = [\"true\"]\n",
+    );
+    let child = p
+        .command(&["run", "p.toml", "-j", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t0 = std::time::Instant::now();
+    while !p.path().join("b-started").is_file() {
+        assert!(t0.elapsed().as_secs() < 20, "b never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // `a` is committed and unlocked; only the run's lease protects it.
+    let gc = p.ok(&["cache", "gc", "other.toml"]);
+    assert!(gc.contains("removed 0 entries"), "{gc}");
+    p.write("go", "");
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.entries().len(), 2);
+    // Once the run is over, its entries are ordinary garbage for another pipeline.
+    let gc = p.ok(&["cache", "gc", "other.toml"]);
+    assert!(gc.contains("removed 2 entries"), "{gc}");
+}
+
+#[test]
+fn commit_drops_temporaries_and_keeps_scratch_until_the_entry_is_in_place() {
+    // A resumable stage whose first attempt is killed mid-write (a stray `.tmpXXXXXX`) and
+    // which keeps a `checkpoints/` folder: the entry has neither.
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        &format!(
+            "{HEAD}[stages.a]\nkind = \"command\"\nresumable = true\nargs = [\"sh\", \"-c\", \"if [ ! -f first ]; then touch first .tmpAbC123; mkdir -p sub; touch sub/.tmpXyZ789; exit 1; fi; echo ok > out.txt\"]\n"
+        ),
+    );
+    p.fail(&["run", "p.toml"]);
+    // `cache ls` shows what the failed attempt left.
+    let ls = p.ok(&["cache", "ls"]);
+    assert!(
+        ls.contains("0 entries") && ls.contains("1 partial build(s)") && ls.contains(".partial"),
+        "{ls}"
+    );
+    p.run("p.toml", &[]);
+    let entries = p.entries();
+    assert_eq!(entries.len(), 1);
+    let entry = p.cache().join(&entries[0]);
+    assert!(entry.join("out.txt").is_file());
+    assert!(!entry.join(".tmpAbC123").exists());
+    assert!(!entry.join("sub/.tmpXyZ789").exists());
+}

@@ -271,3 +271,57 @@ fn resources_are_checked_and_not_part_of_the_key() {
     );
     assert!(p.run("p.toml", &[]).is_empty(), "resources changed the key");
 }
+
+#[test]
+fn non_finite_numbers_and_bad_names_are_refused_at_parse_time() {
+    let e = error(
+        &format!("{HEAD}{TRAIN}train = {{ lr = nan }}\n"),
+        10,
+        "stages.base.train.lr",
+    );
+    assert!(e.contains("not a finite number"), "{e}");
+    let e = error(
+        &format!(
+            "{HEAD}[stages.n]\nkind = \"eval_needle\"\nneeds = {{ model = \"m\", data = \"d\" }}\nlengths = [64]\ndepths = [0.5, -inf]\n"
+        ),
+        7,
+        "stages.n.depths",
+    );
+    assert!(e.contains("not a finite number"), "{e}");
+    let p = Project::new();
+    p.write("p.toml", &format!("{HEAD}{TRAIN}"));
+    let e = p.fail(&["validate", "p.toml", "--set", "stages.base.train.lr=inf"]);
+    assert!(
+        e.contains("`stages.base.train.lr`") && e.contains("finite"),
+        "{e}"
+    );
+    let e = p.fail(&["validate", "p.toml", "--set", "pipeline.name=\"a\\nb\""]);
+    assert!(
+        e.contains("`pipeline.name`") && e.contains("control"),
+        "{e}"
+    );
+    let long = "x".repeat(300);
+    let e = p.fail(&[
+        "validate",
+        "p.toml",
+        "--set",
+        &format!("pipeline.name={long}"),
+    ]);
+    assert!(e.contains("`pipeline.name`"), "{e}");
+    let e = error(
+        &format!(
+            "{HEAD}[stages.e]\nkind = \"eval_ppl\"\nneeds = {{ model = \"m\", data = \"d\" }}\nlengths = [18446744073709551615]\n"
+        ),
+        6,
+        "",
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    let e = error(
+        &format!(
+            "{HEAD}[stages.e]\nkind = \"eval_ppl\"\nneeds = {{ model = \"m\", data = \"d\" }}\nlengths = [64, 100000000]\n"
+        ),
+        6,
+        "stages.e.lengths",
+    );
+    assert!(e.contains("must be in [2, 4194304]"), "{e}");
+}

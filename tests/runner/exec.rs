@@ -227,3 +227,53 @@ fn a_stage_asking_for_every_cpu_runs_alone() {
     let order: Vec<String> = log_lines(&p).into_iter().map(|(e, _, _)| e).collect();
     assert_eq!(order, ["start", "end", "start", "end"]);
 }
+
+#[test]
+fn killing_pipe_ends_its_command_stage() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        &format!(
+            "{HEAD}[stages.slow]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo $$ > $PIPE_PIPELINE_DIR/pid; exec sleep 60\"]\n"
+        ),
+    );
+    // Not in a process group of its own: only `pipe` itself is killed.
+    let mut child = p
+        .command(&["run", "p.toml"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid_file = p.path().join("pid");
+    let t0 = Instant::now();
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stage never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: kill(2) on the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    // The stage's `sleep` dies with it (a zombie until its new parent reaps it counts as dead).
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+    };
+    let t1 = Instant::now();
+    while alive() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(5),
+            "the command stage (pid {pid}) outlived pipe"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

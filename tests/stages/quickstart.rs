@@ -109,6 +109,15 @@ fn the_quickstart_runs_every_stage_kind_end_to_end() {
     }
     assert!(figures >= 8, "only {figures} figures");
 
+    // No committed entry keeps its training checkpoints (removed after the commit).
+    for entry in std::fs::read_dir(p.cache()).unwrap().flatten() {
+        assert!(
+            !entry.path().join("checkpoints").exists(),
+            "{} kept its checkpoints",
+            entry.path().display()
+        );
+    }
+
     // A second run builds nothing.
     let again = p.ok(&args);
     assert!(again.contains("0 built"), "{again}");
