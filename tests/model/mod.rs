@@ -2,6 +2,6 @@
 //! tests/fixtures/make_hf_fixtures.py), checkpoints and training.
 
 mod checkpoint;
-mod fixture;
+pub(crate) mod fixture;
 mod parity;
 mod train;
