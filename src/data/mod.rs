@@ -29,6 +29,7 @@ pub use params::{
 pub use prepare::{FORMAT_VERSION, Manifest, PrepareContext, external_files, prepare};
 pub use reader::PreparedData;
 pub(crate) use sampler::seeded_below;
+pub use sampler::sequential_start;
 pub use sampler::{EvalWindow, SampleMode, SamplerState, WindowSampler};
 pub use shards::{Dtype, TokenSplit};
 pub use stats::{DataStats, SourceFiles, SplitStats, data_stats_schema, write_data_stats};

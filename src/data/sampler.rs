@@ -17,6 +17,8 @@ pub enum SampleMode {
     Stream,
     /// At the start of a random document (continuing into the next ones if it is short).
     DocumentStart,
+    /// In stream order, without sampling: see [`sequential_start`].
+    Sequential,
 }
 
 /// What a checkpoint stores to resume sampling exactly.
@@ -58,6 +60,18 @@ pub(crate) fn seeded_below(seed: u64, k: u64, n: u64) -> u64 {
     below(hash(seed, k), n)
 }
 
+/// Where window `k` of `window` tokens starts when windows are taken in stream order from a
+/// split of `len` tokens: window `i` covers tokens `[i * (window - 1), (i + 1) * (window - 1)
+/// + 1)` (consecutive windows share one token: the last target of one is the first input of
+/// the next), and after the last whole window (`i = (len - 1) / (window - 1) - 1`) the windows
+/// start over at 0, so window `k` is window `i = k mod ((len - 1) / (window - 1))`. Needs
+/// `2 <= window <= len`.
+pub fn sequential_start(k: u64, window: usize, len: usize) -> usize {
+    let stride = (window - 1) as u64;
+    let whole = (len as u64 - 1) / stride;
+    ((k % whole) * stride) as usize
+}
+
 impl WindowSampler {
     /// A sampler of `window`-token windows (for next-token training at length L, ask for L + 1).
     pub fn new(
@@ -90,9 +104,15 @@ impl WindowSampler {
                 ),
             ));
         }
+        if state.mode == SampleMode::Sequential && state.window < 2 {
+            return Err(DataError::param(
+                "window",
+                "sequential windows need at least 2 tokens (seq_len + 1)",
+            ));
+        }
         let last = (split.len() - state.window) as u64;
         let starts = match state.mode {
-            SampleMode::Stream => vec![],
+            SampleMode::Stream | SampleMode::Sequential => vec![],
             SampleMode::DocumentStart => {
                 let mut s: Vec<u64> = split.offsets()[..split.num_docs()]
                     .iter()
@@ -129,6 +149,7 @@ impl WindowSampler {
             SampleMode::DocumentStart => {
                 self.starts[below(h, self.starts.len() as u64) as usize] as usize
             }
+            SampleMode::Sequential => sequential_start(k, self.state.window, self.split.len()),
         }
     }
 

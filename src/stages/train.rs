@@ -159,6 +159,7 @@ impl StageKind for Train {
         let mode = match p.sample {
             Sampling::Stream => SampleMode::Stream,
             Sampling::DocumentStart => SampleMode::DocumentStart,
+            Sampling::Sequential => SampleMode::Sequential,
         };
         let sampler = WindowSampler::new(&data.train, window, ctx.seed, mode)
             .map_err(|e| TrainError::Data(format!("training split: {e}")))?;

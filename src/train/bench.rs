@@ -8,7 +8,7 @@ use burn::tensor::Device;
 
 use super::error::Result;
 use super::optim::seeded_init;
-use super::params::TrainParams;
+use super::params::{DEFAULT_SHARDS, TrainParams};
 use super::run::{TrainJob, train};
 use super::source::TokenWindows;
 use crate::model::bench::process_cpu_s;
@@ -26,6 +26,8 @@ pub struct TrainBench {
     pub seq_len: usize,
     /// Steps timed (after one untimed warmup step).
     pub steps: u64,
+    /// Data-parallel shards per batch (`train.shards`).
+    pub shards: usize,
 }
 
 /// What [`bench_train`] measured.
@@ -50,6 +52,7 @@ impl TrainBench {
             batch_size: 32,
             seq_len: 64,
             steps: 10,
+            shards: DEFAULT_SHARDS,
         }
     }
 
@@ -61,6 +64,7 @@ impl TrainBench {
             batch_size: 8,
             seq_len: 256,
             steps: 10,
+            shards: DEFAULT_SHARDS,
         }
     }
 
@@ -74,6 +78,7 @@ impl TrainBench {
             batch_size: 8,
             seq_len: 256,
             steps: 5,
+            shards: DEFAULT_SHARDS,
         }
     }
 }
@@ -96,6 +101,7 @@ pub fn bench_train(
             seq_len: bench.seq_len,
             batch_size: bench.batch_size,
             steps: Some(steps),
+            shards: bench.shards,
             checkpoint_every: 0,
             val_every: 0,
             ..TrainParams::default()

@@ -24,7 +24,8 @@ pub mod source;
 pub use error::{Result, TrainError};
 pub use optim::{AdamW, Grads, freeze, seeded_init};
 pub use params::{
-    ModelParams, ParamGroup, RopeParams, Sampling, Schedule, TrainParams, TrainStageParams,
+    ModelParams, ParamGroup, RopeParams, Sampling, Schedule, ScheduleOrigin, TrainParams,
+    TrainStageParams,
 };
 pub use run::{TrainJob, TrainOutput, train, validation_loss};
 pub use schedule::LrSchedule;

@@ -53,18 +53,20 @@ impl Grads {
         }
     }
 
-    /// The global L2 norm over every gradient (one device sync).
+    /// The global L2 norm over every gradient, summed in f64 on the host in path and element
+    /// order: a fixed order, so the norm (and the clipping it decides) does not depend on how a
+    /// parallel reduction would split the sum over the threads there are.
     pub fn norm(&self) -> f64 {
-        let sq: Vec<Tensor<1>> = self
-            .by_path
+        self.by_path
             .values()
-            .map(|g| g.clone().square().sum())
-            .collect();
-        if sq.is_empty() {
-            return 0.0;
-        }
-        let total = Tensor::cat(sq, 0).sum();
-        (to_f32_vec(total)[0] as f64).sqrt()
+            .map(|g| {
+                to_f32_vec(g.clone())
+                    .iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            .sqrt()
     }
 
     /// Every gradient as (parameter path, flattened values), in path order.
@@ -222,9 +224,10 @@ impl AdamW {
     /// Clip `grads` to the global norm `norm` (computed by [`Grads::norm`], checked finite by
     /// the caller) and update `model` with learning rate `lr`.
     pub fn step(&mut self, model: Llama, grads: Grads, lr: f64, norm: f64) -> (Llama, StepStats) {
+        // torch.nn.utils.clip_grad_norm_: scale by min(1, clip / (norm + 1e-6)).
         let clip = self.settings.grad_clip;
-        let clip_scale = if clip > 0.0 && norm > clip {
-            clip / (norm + 1e-6)
+        let clip_scale = if clip > 0.0 {
+            (clip / (norm + 1e-6)).min(1.0)
         } else {
             1.0
         };

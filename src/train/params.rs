@@ -194,6 +194,24 @@ pub enum Sampling {
     Stream,
     /// At the start of a random document.
     DocumentStart,
+    /// In stream order without sampling: window `i` covers tokens `[i * seq_len, (i + 1) *
+    /// seq_len + 1)` of the split, batches are filled in order, and after the last whole window
+    /// the windows start over at window 0 (the YaRN recipe's pre-chunked dataset).
+    Sequential,
+}
+
+/// Which value of the learning-rate schedule optimiser step `k` (from 1) runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleOrigin {
+    /// The schedule's value at `k - 1`, as transformers' schedulers stepped after each
+    /// optimiser step give: the first warmup step has learning rate 0, and the last step runs
+    /// one step short of `lr * min_lr_ratio`.
+    #[default]
+    Zero,
+    /// The schedule's value at `k`: the first warmup step has `lr / warmup_steps`, and the last
+    /// step runs at `lr * min_lr_ratio` (ropelens before 2026-11-30).
+    One,
 }
 
 /// A group of parameters, for `train.trainable`.
@@ -259,6 +277,10 @@ pub struct TrainParams {
     /// Linear warmup from 0 to `lr` over this many steps; default 5% of the steps.
     #[serde(default)]
     pub warmup_steps: Option<u64>,
+    /// Which schedule value optimiser step k runs at: `"zero"` (at k - 1, as transformers'
+    /// schedulers) or `"one"` (at k).
+    #[serde(default)]
+    pub schedule_origin: ScheduleOrigin,
     /// Final learning rate of `linear` and `cosine` as a fraction of `lr`.
     #[serde(default = "d_min_lr_ratio")]
     pub min_lr_ratio: f64,
@@ -283,6 +305,11 @@ pub struct TrainParams {
     /// Where training windows start.
     #[serde(default)]
     pub sample: Sampling,
+    /// Data-parallel shards each micro-batch is split into (at most one per row). A property of
+    /// the run, not of the machine: the same shards give the same numbers bit for bit with any
+    /// number of threads, which only change the speed (up to `shards` cores are used).
+    #[serde(default = "d_shards")]
+    pub shards: usize,
     /// Checkpoint (model, optimizer, schedule and data position) every this many steps, and at
     /// the end; 0: only at the end.
     #[serde(default = "d_every")]
@@ -313,6 +340,12 @@ fn d_one() -> usize {
 }
 fn d_one_f() -> f64 {
     1.0
+}
+/// Shards per micro-batch by default (docs/train.md "Threads" has the measurements).
+pub const DEFAULT_SHARDS: usize = 2;
+
+fn d_shards() -> usize {
+    DEFAULT_SHARDS
 }
 fn d_lr() -> f64 {
     1e-3
@@ -353,6 +386,7 @@ impl Default for TrainParams {
             lr: d_lr(),
             schedule: Schedule::default(),
             warmup_steps: None,
+            schedule_origin: ScheduleOrigin::default(),
             min_lr_ratio: d_min_lr_ratio(),
             betas: d_betas(),
             eps: d_eps(),
@@ -361,6 +395,7 @@ impl Default for TrainParams {
             grad_clip: d_one_f(),
             trainable: None,
             sample: Sampling::default(),
+            shards: d_shards(),
             checkpoint_every: d_every(),
             keep_checkpoint: false,
             val_every: d_every(),
@@ -399,6 +434,7 @@ impl TrainParams {
             ("batch_size", self.batch_size),
             ("grad_accum", self.grad_accum),
             ("val_batches", self.val_batches),
+            ("shards", self.shards),
         ] {
             if v == 0 {
                 return err(k, "must be at least 1".into());

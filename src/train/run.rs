@@ -189,7 +189,7 @@ pub fn train(
     let (session_step0, session_tokens0, elapsed0) = (state.step, state.tokens, state.elapsed_s);
     let (mut log_tokens, mut log_elapsed) = (state.tokens, state.elapsed_s);
     let rows = p.batch_size;
-    let shards = Shards::new(rows, window, p.grad_accum);
+    let shards = Shards::new(rows, window, p.grad_accum, p.shards)?;
 
     while state.step < total {
         let step = state.step + 1;
@@ -211,9 +211,9 @@ pub fn train(
             loss_sum += value;
             grads.merge(g);
         }
-        // Logged at f32 precision (the precision it was computed in): a mean of shard losses has
-        // more bits than state.json's float parsing (serde_json without `float_roundtrip`) keeps,
-        // and a resumed run must log the same numbers as an uninterrupted one.
+        // Logged at f32 precision, the precision it was computed in. state.json keeps every bit
+        // of the logged numbers (serde_json's `float_roundtrip`: its default parser can miss the
+        // last bit), so a resumed run logs the same numbers as an uninterrupted one.
         let loss = (loss_sum / p.grad_accum as f64) as f32 as f64;
         let norm = grads.norm();
         if !norm.is_finite() {

@@ -1,9 +1,11 @@
 //! The learning rate at each optimiser step: linear warmup from 0, then constant, linear or
-//! cosine decay to `lr * min_lr_ratio` at the last step.
+//! cosine decay towards `lr * min_lr_ratio`, as transformers' `get_constant_schedule_with_warmup`,
+//! `get_linear_schedule_with_warmup` (to 0: `min_lr_ratio = 0`) and
+//! `get_cosine_with_min_lr_schedule_with_warmup(min_lr_rate = min_lr_ratio)` compute it.
 //!
 //! A pure function of the step, so a resumed run needs no schedule state beyond the step.
 
-use super::params::{Schedule, TrainParams};
+use super::params::{Schedule, ScheduleOrigin, TrainParams};
 
 /// The learning-rate schedule of a run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,6 +20,8 @@ pub struct LrSchedule {
     pub total: u64,
     /// Shape after warmup.
     pub shape: Schedule,
+    /// Which value optimiser step k runs at.
+    pub origin: ScheduleOrigin,
 }
 
 impl LrSchedule {
@@ -29,17 +33,28 @@ impl LrSchedule {
             warmup: params.warmup(),
             total: params.total_steps(),
             shape: params.schedule,
+            origin: params.schedule_origin,
         }
     }
 
-    /// The learning rate of optimiser step `step` (from 1): `lr * step / warmup` during warmup,
-    /// then the decay over the remaining steps, reaching its minimum at the last step.
+    /// The learning rate of optimiser step `step` (from 1): the schedule's value at `step - 1`
+    /// ([`ScheduleOrigin::Zero`], transformers' `LambdaLR` stepped after each optimiser step)
+    /// or at `step` ([`ScheduleOrigin::One`]).
     pub fn at(&self, step: u64) -> f64 {
-        if step <= self.warmup {
-            return self.lr * step as f64 / self.warmup as f64;
+        match self.origin {
+            ScheduleOrigin::Zero => self.value(step.saturating_sub(1)),
+            ScheduleOrigin::One => self.value(step),
+        }
+    }
+
+    /// The schedule at `s`: `lr * s / warmup` during warmup (s < warmup), then the decay over
+    /// the remaining steps, reaching its minimum at `s = total`.
+    pub fn value(&self, s: u64) -> f64 {
+        if s < self.warmup {
+            return self.lr * s as f64 / self.warmup as f64;
         }
         let span = self.total.saturating_sub(self.warmup).max(1);
-        let progress = ((step - self.warmup) as f64 / span as f64).min(1.0);
+        let progress = ((s - self.warmup) as f64 / span as f64).min(1.0);
         let r = self.min_ratio;
         let factor = match self.shape {
             Schedule::Constant => 1.0,
@@ -63,6 +78,7 @@ mod tests {
             warmup: 10,
             total: 110,
             shape,
+            origin: ScheduleOrigin::One,
         }
     }
 
@@ -86,5 +102,26 @@ mod tests {
             ..sched(Schedule::Cosine)
         };
         assert!(no_warmup.at(1) < 1.0 && no_warmup.at(1) > 0.99);
+    }
+
+    #[test]
+    fn origin_zero_is_transformers_lambda_lr() {
+        // transformers: step k runs at lambda(k - 1); lambda(s) = s / warmup during warmup,
+        // then min + (1 - min) * (1 + cos(pi * (s - warmup) / (total - warmup))) / 2.
+        let s = LrSchedule {
+            origin: ScheduleOrigin::Zero,
+            ..sched(Schedule::Cosine)
+        };
+        assert_eq!(s.at(1), 0.0);
+        assert_eq!(s.at(2), 0.1);
+        assert_eq!(s.at(11), 1.0);
+        assert!((s.at(61) - 0.55).abs() < 1e-12);
+        let last = 0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * 99.0 / 100.0).cos());
+        assert!((s.at(110) - last).abs() < 1e-15);
+        let no_warmup = LrSchedule { warmup: 0, ..s };
+        assert_eq!(no_warmup.at(1), 1.0);
+        for k in 1..=110 {
+            assert_eq!(s.at(k), sched(Schedule::Cosine).at(k - 1));
+        }
     }
 }

@@ -1,22 +1,23 @@
-//! Data parallelism inside one training step: the batch is split into shards (one per rayon
-//! thread, at most one per row), each shard is differentiated on its own copy of the parameter
-//! leaves, in parallel, and the gradients are summed in shard order.
+//! Data parallelism inside one training step: the batch is split into a fixed number of shards
+//! (`train.shards`, at most one per row), each shard is differentiated on its own copy of the
+//! parameter leaves, in parallel, and the gradients are summed in shard order.
 //!
 //! Why: burn's CPU backend parallelises inside large ops only, so at the small shapes of the
 //! built-in studies a second core added 0-20% to a training step, where independent shards of
 //! the batch scale with the cores (README "Performance").
 //!
-//! Each shard runs on its own one-thread rayon pool, so that burn's internal `par_iter`s inside
-//! a shard run in a fixed order: rayon splits reductions by work stealing, and two shards
-//! sharing the global pool made float sums (and so losses) differ in the last bit from run to
-//! run. The loss is the same mean over the batch's tokens whatever the split, but sums differ in
-//! the last bits between splits: a run is bit-reproducible for the same seed and the same
-//! number of threads (`RAYON_NUM_THREADS`).
+//! Each shard runs on its own one-thread rayon pool (a single shard too), so that burn's
+//! internal `par_iter`s inside a shard run in a fixed order whatever the machine: rayon splits
+//! reductions by work stealing, and shards sharing a pool made float sums (and so losses)
+//! differ in the last bit from run to run, and with the number of threads. The loss is the
+//! same mean over the batch's tokens whatever the split, but sums differ in the last bits
+//! between splits: a run is bit-reproducible for the same seed and the same `shards`, with any
+//! number of threads (`RAYON_NUM_THREADS` only changes the speed).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-use super::error::Result;
+use super::error::{Result, TrainError};
 use super::optim::{Grads, fork_leaves};
 use crate::model::Llama;
 use crate::model::llama::to_f32_vec;
@@ -26,7 +27,7 @@ use crate::model::llama::to_f32_vec;
 pub struct Shards {
     /// Row ranges `[start, end)`, in order.
     bounds: Vec<(usize, usize)>,
-    /// One single-thread pool per shard (none for a single shard, which runs in place).
+    /// One single-thread pool per shard.
     pools: Vec<ThreadPool>,
     rows: usize,
     window: usize,
@@ -34,14 +35,10 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// Shards of `rows` windows of `window` tokens, one per rayon thread (at most one per row);
-    /// gradients are scaled for `grad_accum` micro-batches per step.
-    pub fn new(rows: usize, window: usize, grad_accum: usize) -> Shards {
-        Self::with_count(rows, window, grad_accum, rayon::current_num_threads())
-    }
-
-    /// Shards of `rows` split into `count` parts as even as possible (earlier parts one larger).
-    pub fn with_count(rows: usize, window: usize, grad_accum: usize, count: usize) -> Shards {
+    /// `rows` windows of `window` tokens split into `count` shards as even as possible (earlier
+    /// ones one row larger; at most one shard per row); gradients are scaled for `grad_accum`
+    /// micro-batches per step.
+    pub fn new(rows: usize, window: usize, grad_accum: usize, count: usize) -> Result<Shards> {
         let n = count.clamp(1, rows.max(1));
         let (base, extra) = (rows / n, rows % n);
         let mut bounds = Vec::with_capacity(n);
@@ -51,26 +48,24 @@ impl Shards {
             bounds.push((start, start + len));
             start += len;
         }
-        let pools: Vec<ThreadPool> = if n > 1 {
-            (0..n)
-                .map_while(|_| ThreadPoolBuilder::new().num_threads(1).build().ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        // A pool that cannot be built (thread limit) leaves the step unsharded, not broken.
-        let (bounds, pools) = if pools.len() == n {
-            (bounds, pools)
-        } else {
-            (vec![(0, rows)], Vec::new())
-        };
-        Shards {
+        // No fallback to fewer shards when threads cannot be started: the split decides the
+        // numbers, so it must be the one asked for.
+        let pools = (0..n)
+            .map(|_| ThreadPoolBuilder::new().num_threads(1).build())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                TrainError::param(
+                    "train.shards",
+                    format!("cannot start a thread for each of {n} shards: {e}"),
+                )
+            })?;
+        Ok(Shards {
             bounds,
             pools,
             rows,
             window,
             grad_accum: grad_accum.max(1),
-        }
+        })
     }
 
     /// Number of shards.
@@ -91,9 +86,9 @@ impl Shards {
         tokens: &[u32],
         device: &Device,
     ) -> Result<(f64, Grads)> {
-        if let [(start, end)] = self.bounds[..] {
-            // One shard: the model's own leaves, as a plain step.
-            return self.shard_step(model, tokens, start, end, device);
+        if let ([(start, end)], [pool]) = (&self.bounds[..], &self.pools[..]) {
+            // One shard: the model's own leaves, on its one-thread pool.
+            return pool.install(|| self.shard_step(model, tokens, *start, *end, device));
         }
         let work = |start: usize, end: usize| {
             self.shard_step(&fork_leaves(model), tokens, start, end, device)
@@ -163,9 +158,11 @@ mod tests {
 
     #[test]
     fn rows_split_evenly_in_order() {
-        let s = Shards::with_count(7, 5, 1, 3);
+        let s = Shards::new(7, 5, 1, 3).unwrap();
         assert_eq!(s.bounds, [(0, 3), (3, 5), (5, 7)]);
-        assert_eq!(Shards::with_count(2, 5, 1, 8).bounds, [(0, 1), (1, 2)]);
-        assert_eq!(Shards::with_count(4, 5, 1, 0).bounds, [(0, 4)]);
+        assert_eq!(s.pools.len(), 3);
+        assert_eq!(Shards::new(2, 5, 1, 8).unwrap().bounds, [(0, 1), (1, 2)]);
+        let one = Shards::new(4, 5, 1, 0).unwrap();
+        assert_eq!((one.bounds.as_slice(), one.pools.len()), (&[(0, 4)][..], 1));
     }
 }

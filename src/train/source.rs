@@ -6,7 +6,7 @@
 //! the position; a resumed run sets it back and sees exactly the batches it would have seen.
 
 use super::error::{Result, TrainError};
-use crate::data::seeded_below;
+use crate::data::{seeded_below, sequential_start};
 
 /// Seeded fixed-length token windows, drawn in order.
 pub trait BatchSource: Send {
@@ -20,18 +20,42 @@ pub trait BatchSource: Send {
     fn set_position(&mut self, position: u64);
 }
 
-/// Windows at seeded random offsets of an in-memory token stream.
+/// Where the windows of a [`TokenWindows`] start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// At seeded random offsets (`train.sample = "stream"`).
+    Seeded(u64),
+    /// In stream order (`train.sample = "sequential"`, [`sequential_start`]).
+    Sequential,
+}
+
+/// Windows of an in-memory token stream: at seeded random offsets, or in stream order.
 #[derive(Debug, Clone)]
 pub struct TokenWindows {
     tokens: Vec<u32>,
     window: usize,
-    seed: u64,
+    order: Order,
     position: u64,
 }
 
 impl TokenWindows {
-    /// Windows of `window` tokens over `tokens`.
+    /// Windows of `window` tokens at seeded random offsets of `tokens`.
     pub fn new(tokens: Vec<u32>, window: usize, seed: u64) -> Result<Self> {
+        Self::with_order(tokens, window, Order::Seeded(seed))
+    }
+
+    /// Windows of `window` tokens in stream order, as `train.sample = "sequential"` takes them
+    /// ([`sequential_start`]).
+    pub fn sequential(tokens: Vec<u32>, window: usize) -> Result<Self> {
+        if window < 2 {
+            return Err(TrainError::Data(format!(
+                "sequential windows need at least 2 tokens, got {window}"
+            )));
+        }
+        Self::with_order(tokens, window, Order::Sequential)
+    }
+
+    fn with_order(tokens: Vec<u32>, window: usize, order: Order) -> Result<Self> {
         if window == 0 || window > tokens.len() {
             return Err(TrainError::Data(format!(
                 "a window of {window} tokens does not fit a stream of {} tokens",
@@ -41,15 +65,18 @@ impl TokenWindows {
         Ok(TokenWindows {
             tokens,
             window,
-            seed,
+            order,
             position: 0,
         })
     }
 
     /// Window number `k`.
     pub fn window_at(&self, k: u64) -> &[u32] {
-        let starts = (self.tokens.len() - self.window + 1) as u64;
-        let s = seeded_below(self.seed, k, starts) as usize;
+        let len = self.tokens.len();
+        let s = match self.order {
+            Order::Seeded(seed) => seeded_below(seed, k, (len - self.window + 1) as u64) as usize,
+            Order::Sequential => sequential_start(k, self.window, len),
+        };
         &self.tokens[s..s + self.window]
     }
 }
@@ -97,5 +124,21 @@ mod tests {
         let mut c = TokenWindows::new(tokens, 9, 6).unwrap();
         assert_ne!(c.next_batch(3).unwrap(), first);
         assert!(TokenWindows::new(vec![1, 2], 3, 0).is_err());
+    }
+
+    #[test]
+    fn sequential_windows_follow_the_stream_and_wrap() {
+        // 23 tokens, seq_len 5 (windows of 6): whole windows start at 0, 5, 10, 15 (the last
+        // covers 15..21); token 21 and 22 are never a target; window 4 is window 0 again.
+        let tokens: Vec<u32> = (0..23).collect();
+        let mut w = TokenWindows::sequential(tokens, 6).unwrap();
+        let batch = w.next_batch(5).unwrap();
+        let starts: Vec<u32> = batch.chunks(6).map(|r| r[0]).collect();
+        assert_eq!(starts, [0, 5, 10, 15, 0]);
+        assert_eq!(&batch[18..24], &[15, 16, 17, 18, 19, 20]);
+        w.set_position(6);
+        assert_eq!(w.next_batch(1).unwrap(), [10, 11, 12, 13, 14, 15]);
+        assert!(TokenWindows::sequential(vec![1, 2, 3], 1).is_err());
+        assert!(TokenWindows::sequential(vec![1, 2, 3], 4).is_err());
     }
 }

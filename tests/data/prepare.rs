@@ -136,6 +136,28 @@ fn sampler_is_seeded_and_resumable() {
     for _ in 0..50 {
         assert_eq!(e.next_window()[0], bos);
     }
+    // Sequential windows: window i is tokens [64 i, 64 (i + 1) + 1), whatever the seed, and
+    // after the last whole window the split starts over.
+    let n = data.train.len();
+    let whole = (n - 1) / 64;
+    let mut f = WindowSampler::new(&data.train, 65, 1, SampleMode::Sequential).unwrap();
+    let g = WindowSampler::new(&data.train, 65, 2, SampleMode::Sequential).unwrap();
+    let batch = f.next_batch(3);
+    assert_eq!(
+        batch,
+        data.train
+            .tokens(0..65 * 3 - 2)
+            .windows(65)
+            .step_by(64)
+            .flatten()
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(g.window_at(1), data.train.tokens(64..129));
+    assert_eq!(f.start_of(whole as u64 - 1), 64 * (whole - 1));
+    // The last whole window ends at token 64 whole + 1; one more would not fit.
+    assert!(64 * whole < n && 64 * (whole + 1) + 1 > n);
+    assert_eq!(f.window_at(whole as u64 + 2), f.window_at(2));
     let err =
         WindowSampler::new(&data.valid, data.valid.len() + 1, 1, SampleMode::Stream).unwrap_err();
     assert!(

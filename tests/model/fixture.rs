@@ -19,44 +19,52 @@ pub struct Reference {
     pub meta: serde_json::Value,
 }
 
+/// Every array of a safetensors file, as f64 (ids too), with shapes.
+pub fn read_arrays(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut arrays = HashMap::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values: Vec<f64> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
+            other => panic!("{name}: unexpected dtype {other:?}"),
+        };
+        arrays.insert(name, (view.shape().to_vec(), values));
+    }
+    arrays
+}
+
 impl Reference {
+    /// One rope type's forward-parity fixture (tests/fixtures/hf/<rope>).
     pub fn load(rope: &str) -> Self {
-        let d = dir(rope);
+        Self::load_dir(&dir(rope))
+    }
+
+    /// `reference.safetensors` and `reference.json` of directory `d`.
+    pub fn load_dir(d: &Path) -> Self {
+        let arrays = read_arrays(&d.join("reference.safetensors"));
         let meta =
             serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap())
                 .unwrap();
-        Reference {
-            meta,
-            ..Self::from_file(&d.join("reference.safetensors"))
-        }
+        Reference { arrays, meta }
     }
 
     /// The arrays of one safetensors file (no metadata).
     pub fn from_file(path: &Path) -> Self {
-        let bytes = std::fs::read(path).unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let mut arrays = HashMap::new();
-        for (name, view) in st.tensors() {
-            let data = view.data();
-            let values: Vec<f64> = match view.dtype() {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
-                    .collect(),
-                Dtype::F64 => data
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                Dtype::I64 => data
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
-                    .collect(),
-                other => panic!("{name}: unexpected dtype {other:?}"),
-            };
-            arrays.insert(name, (view.shape().to_vec(), values));
-        }
         Reference {
-            arrays,
+            arrays: read_arrays(path),
             meta: serde_json::Value::Null,
         }
     }

@@ -2,7 +2,7 @@
 //! tests/fixtures/make_hf_fixtures.py), checkpoints and training.
 
 mod checkpoint;
-mod fixture;
+pub(crate) mod fixture;
 mod gguf;
 mod parity;
 mod train;
