@@ -118,6 +118,22 @@ pub enum Command {
     },
     /// Print the JSON schema of pipeline files.
     Schema,
+    /// Print the frequency view of a model's RoPE: per frequency pair its wavelength, the
+    /// rotations it completes within the pretrained length, and the interpolation a method
+    /// applies (docs/study.md).
+    Rope {
+        /// The model's config.json.
+        config: PathBuf,
+        /// Override a RoPE key (transformers' `rope_parameters`): `--set rope_type=yarn --set
+        /// factor=4` (a JSON value; a bare word is a string). Setting `rope_type` starts from
+        /// that type's defaults.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Forward length for the length-dependent types (dynamic, longrope); default the
+        /// pretrained length times the factor.
+        #[arg(long)]
+        length: Option<usize>,
+    },
     /// Regenerate the report (report.md and figures) of a pipeline's report stages from its
     /// results directory, without running anything.
     Report {
@@ -307,6 +323,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Report { load } => report_command(&load),
+        Command::Rope {
+            config,
+            sets,
+            length,
+        } => rope_command(&config, &sets, length),
         Command::Cache { command } => cache_command(command),
         Command::Bench { command } => bench_command(command),
     }
@@ -405,6 +426,46 @@ fn bench_command(command: BenchCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `pipe rope CONFIG [--set KEY=VALUE]...`: the frequency view of the config's RoPE, or of the
+/// RoPE the overrides make of it.
+fn rope_command(path: &std::path::Path, sets: &[String], length: Option<usize>) -> Result<()> {
+    use crate::model::{LlamaConfig, RopeConfig};
+    use crate::report::frequencies::{frequency_view, view_markdown};
+    let usage = |m: String| Error::Usage(format!("{}: {m}", path.display()));
+    let config = LlamaConfig::load(path).map_err(|e| usage(e.to_string()))?;
+    let trained = config
+        .rope
+        .scaling
+        .kind()
+        .original_length()
+        .unwrap_or(config.max_position_embeddings);
+    let mut value = serde_json::to_value(&config.rope).map_err(|e| usage(e.to_string()))?;
+    if sets.iter().any(|s| s.starts_with("rope_type=")) {
+        value = serde_json::json!({ "rope_theta": config.rope.theta });
+    }
+    for set in sets {
+        let (key, text) = set
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--set {set}: expected KEY=VALUE")))?;
+        let parsed = serde_json::from_str(text)
+            .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+        value[key] = parsed;
+    }
+    let rope: RopeConfig =
+        serde_json::from_value(value).map_err(|e| usage(format!("--set: {e}")))?;
+    rope.validate(config.head_dim, &path.display().to_string())
+        .map_err(|e| usage(e.to_string()))?;
+    let seq_len = length.unwrap_or_else(|| {
+        rope.scaling
+            .kind()
+            .extended_length(trained)
+            .unwrap_or(trained)
+    });
+    let rows = frequency_view(&rope, config.head_dim, trained, seq_len);
+    println!("{}", view_markdown(&rope, &rows, config.head_dim, trained));
+    Ok(())
 }
 
 /// `pipe report FILE`: each report instance's options, applied to `results/<pipeline>/`.

@@ -484,14 +484,18 @@ tables! {
         entropy_mean: f64,
     }
 
-    /// One row per (context length, layer or all layers, relative-distance bucket): how much
-    /// attention keys at that distance receive (the paper's Fig. 2). Buckets are log-spaced:
+    /// One row per (context length, layer and head, or layer, or all layers, relative-distance
+    /// bucket): how much attention keys at that distance receive (the paper's Fig. 2). Buckets are log-spaced:
     /// bucket 0 is distance 0, bucket `k >= 1` holds distances `[2^(k-1), 2^k - 1]` (base 2).
     "attention_distance" => AttentionDistanceRow {
         /// Context length in tokens of the evaluated windows.
         length: i64,
         /// Layer index from 0; null for the mean over all layers.
         layer: Option<i64>,
+        /// Query head index from 0 (rows of one head of one layer); null for the rows that
+        /// pool the heads of a layer (or of every layer). Null throughout in files written
+        /// before per-head rows existed.
+        head: Option<i64>,
         /// Distance bucket index.
         bucket: i64,
         /// Smallest relative distance (query position minus key position) in the bucket.
@@ -502,9 +506,11 @@ tables! {
         /// (query, key) pairs divided by `pairs`): the curve compared by the JS divergence.
         mean_prob: f64,
         /// Share of all attention that lands in the bucket; sums to 1 over the buckets of a
-        /// (length, layer).
+        /// (length, layer, head): the distance distribution whose buckets weigh by the keys
+        /// they hold.
         mass: f64,
-        /// Number of (query, key) pairs counted in the bucket (over heads and windows).
+        /// Number of (query, key) pairs counted in the bucket (over the pooled heads and the
+        /// windows).
         pairs: i64,
     }
 

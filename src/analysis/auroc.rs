@@ -265,7 +265,7 @@ pub fn bootstrap(
 }
 
 /// Linear-interpolation quantile of sorted, non-empty data (numpy `method="linear"`).
-fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;

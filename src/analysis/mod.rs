@@ -10,6 +10,7 @@ pub mod auroc;
 pub mod distance;
 pub mod divergence;
 pub mod entropy;
+pub mod inference;
 pub mod scoring;
 
 /// Why an analysis function could not give a number.

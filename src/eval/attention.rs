@@ -123,12 +123,14 @@ pub fn attention_entropy(
     Ok(rows)
 }
 
-/// Attention by distance of a model at one length: one profile per layer (all heads summed)
-/// and the all-layer profile.
+/// Attention by distance of a model at one length: one profile per head of each layer, per
+/// layer (its heads pooled) and the all-layer profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DistanceResult {
     /// The windows' length.
     pub length: usize,
+    /// `[layer][head]` profiles: the per-head JS divergence compares these.
+    pub heads: Vec<Vec<DistanceProfile>>,
     /// One profile per layer.
     pub layers: Vec<DistanceProfile>,
     /// All layers merged.
@@ -150,7 +152,8 @@ pub fn attention_distance(
     let (layers, heads) = (c.num_hidden_layers, c.num_attention_heads);
     let edges = distance_edges(len);
     let nb = edges.len() - 1;
-    let mut mass = vec![vec![0f64; nb]; layers];
+    // [layer][head][bucket]
+    let mut mass = vec![vec![vec![0f64; nb]; heads]; layers];
     let mut pairs = vec![0u64; nb];
     let mut rows = 0u64;
     progress.start(&format!("attention distance L={len}"), windows.len() as u64);
@@ -159,43 +162,66 @@ pub fn attention_distance(
         let ids = ids_tensor(batch, &device)?;
         let p = model.attention_distance(ids, &edges, blocks)?;
         for (m, layer) in mass.iter_mut().zip(&p.prob_sum) {
-            for head in layer {
-                for (a, v) in m.iter_mut().zip(head) {
+            for (mh, head) in m.iter_mut().zip(layer) {
+                for (a, v) in mh.iter_mut().zip(head) {
                     *a += v;
                 }
             }
         }
         for (a, &n) in pairs.iter_mut().zip(&p.pair_count) {
-            *a += n * heads as u64;
+            *a += n;
         }
-        rows += (batch.len() * len * heads) as u64;
+        rows += (batch.len() * len) as u64;
         progress.advance(batch.len() as u64);
     }
-    let layers: Vec<DistanceProfile> = mass
+    let heads: Vec<Vec<DistanceProfile>> = mass
         .into_iter()
-        .map(|m| DistanceProfile::from_parts(buckets(), m, pairs.clone(), rows))
+        .map(|layer| {
+            layer
+                .into_iter()
+                .map(|m| DistanceProfile::from_parts(buckets(), m, pairs.clone(), rows))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })
         .collect::<std::result::Result<_, _>>()?;
-    let mut all = DistanceProfile::new(buckets());
-    for p in &layers {
-        all.merge(p)?;
-    }
+    let merged = |ps: &mut dyn Iterator<Item = &DistanceProfile>| {
+        let mut out = DistanceProfile::new(buckets());
+        for p in ps {
+            out.merge(p)?;
+        }
+        Ok::<_, crate::analysis::AnalysisError>(out)
+    };
+    let layers: Vec<DistanceProfile> = heads
+        .iter()
+        .map(|hs| merged(&mut hs.iter()))
+        .collect::<std::result::Result<_, _>>()?;
+    let all = merged(&mut layers.iter())?;
     Ok(DistanceResult {
         length: len,
+        heads,
         layers,
         all,
     })
 }
 
-/// `attention_distance` rows: every layer, then the all-layer mean (`layer` null).
+/// `attention_distance` rows: every head of every layer, every layer (`head` null), then the
+/// all-layer mean (`layer` and `head` null).
 pub fn distance_rows(result: &DistanceResult) -> Result<Vec<AttentionDistanceRow>> {
     let mut rows = Vec::new();
-    let profiles = result
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(l, p)| (Some(l as i64), p))
-        .chain(std::iter::once((None, &result.all)));
-    for (layer, p) in profiles {
+    let per_head = result.heads.iter().enumerate().flat_map(|(l, hs)| {
+        hs.iter()
+            .enumerate()
+            .map(move |(h, p)| (Some(l as i64), Some(h as i64), p))
+    });
+    let profiles = per_head
+        .chain(
+            result
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(l, p)| (Some(l as i64), None, p)),
+        )
+        .chain(std::iter::once((None, None, &result.all)));
+    for (layer, head, p) in profiles {
         let mean = p.mean_probability();
         let share = p.mass_distribution()?;
         for (k, ((&m, &s), &n)) in mean.iter().zip(&share).zip(p.pairs()).enumerate() {
@@ -203,6 +229,7 @@ pub fn distance_rows(result: &DistanceResult) -> Result<Vec<AttentionDistanceRow
             rows.push(AttentionDistanceRow {
                 length: result.length as i64,
                 layer,
+                head,
                 bucket: k as i64,
                 distance_lo: lo as i64,
                 distance_hi: (hi as usize).min(result.length - 1) as i64,

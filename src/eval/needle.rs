@@ -10,10 +10,12 @@
 //! **Algorithm 1.** For each generated token, the entropy (nats) of the attention distribution
 //! of the query that chose it, per layer and head ([`greedy_decode`] with `record_entropy`).
 //! The *answer tokens* are the generated tokens other than a final stop token (EOS or a
-//! newline): the stop token is not part of the answer. When the very first token is a stop
-//! token, that one step is used, so that every trial has an entropy. Per layer and head the
-//! entropy is averaged over the answer tokens (`needle_entropy`), and `entropy_mean` averages
-//! those over layers and heads.
+//! newline), and, with [`EntropySpan::Answer`] (the default), at most as many as the expected
+//! answer has: text generated after the key is not the answer. When the very first token is a
+//! stop token, that one step is used, so that every trial has an entropy. Per layer and head
+//! the entropy is averaged over the answer tokens (`needle_entropy`), and `entropy_mean`
+//! averages those over layers and heads. [`EntropySpan::Generated`] keeps the older form,
+//! every generated token before a stop.
 //!
 //! **Resuming.** [`TrialLog`] appends each finished trial as one JSON line (flushed and
 //! synced) to a file in the build directory. A killed run leaves at most one partial last line,
@@ -136,6 +138,24 @@ pub struct NeedlePrompt {
     pub needle_pos: usize,
     /// The expected answer text.
     pub expected: String,
+    /// How many tokens the expected answer has (its ids as a continuation of the prompt):
+    /// Algorithm 1's entropy stops there ([`EntropySpan::Answer`]).
+    pub answer_tokens: usize,
+}
+
+/// Which generated steps Algorithm 1 averages the attention entropy over.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EntropySpan {
+    /// The steps that generate the answer: at most the expected answer's token count, fewer
+    /// when the reply stops earlier. Text the model adds after the key is left out.
+    #[default]
+    Answer,
+    /// Every generated step before a stop token, up to `max_new_tokens` (the form before
+    /// version 2 of `eval_needle`).
+    Generated,
 }
 
 /// Decoding settings of a trial.
@@ -147,6 +167,8 @@ pub struct DecodeSettings {
     pub stop_tokens: Vec<u32>,
     /// Record Algorithm 1's entropy.
     pub record_entropy: bool,
+    /// Which steps the entropy averages.
+    pub entropy_span: EntropySpan,
 }
 
 /// One finished trial: the `needle` row's fields, the generated tokens and the per-layer,
@@ -281,7 +303,11 @@ pub fn run_trial(
     })?;
     let reply = reply_text(&text);
     let scores = score_reply(&reply, &prompt.expected);
-    let entropy = mean_answer_entropy(&out.entropy, answer_len);
+    let entropy_steps = match settings.entropy_span {
+        EntropySpan::Answer => answer_len.min(prompt.answer_tokens.max(1)),
+        EntropySpan::Generated => answer_len,
+    };
+    let entropy = mean_answer_entropy(&out.entropy, entropy_steps);
     let values: Vec<f64> = entropy.iter().flatten().copied().collect();
     let entropy_mean =
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);

@@ -177,6 +177,14 @@ fn write_results(
                     started_at: r.started_at,
                     finished_at: r.finished_at,
                     error,
+                    needs: plan.graph.instances[i]
+                        .needs
+                        .iter()
+                        .map(|(need, deps)| {
+                            let keys = deps.iter().map(|&d| plan.key(d).to_string()).collect();
+                            (need.clone(), keys)
+                        })
+                        .collect(),
                 },
             )
         })

@@ -124,6 +124,9 @@ pub struct RunRow {
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub error: Option<String>,
+    /// The cache keys of the instances each need resolved to (`{"init": ["<key>"], ...}`):
+    /// the lineage a report follows instead of matching names.
+    pub needs: BTreeMap<String, Vec<String>>,
 }
 
 /// The Arrow type of a matrix column, inferred from its values: all integers `int64`, all
@@ -372,6 +375,7 @@ pub fn write_runs(dir: &Path, rows: &[(InstanceInfo, RunRow)]) -> Result<()> {
         ),
         Field::new("tool_version", DataType::Utf8, false),
         Field::new("error", DataType::Utf8, true),
+        Field::new("needs", DataType::Utf8, false),
     ]);
     let version = env!("CARGO_PKG_VERSION");
     let cols: Vec<ArrayRef> = vec![
@@ -395,6 +399,11 @@ pub fn write_runs(dir: &Path, rows: &[(InstanceInfo, RunRow)]) -> Result<()> {
         Arc::new(StringArray::from(
             rows.iter()
                 .map(|(_, r)| r.error.clone())
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter()
+                .map(|(_, r)| serde_json::to_string(&r.needs).expect("a map of strings"))
                 .collect::<Vec<_>>(),
         )),
     ];

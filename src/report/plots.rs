@@ -131,6 +131,12 @@ pub struct Series {
     /// `(x, y)` in data units, drawn in the given order. Points that an axis cannot show
     /// (non-finite, or `<= 0` on a log axis) are left out and break the line there.
     pub points: Vec<(f64, f64)>,
+    /// Palette slot ([`series_color`]); `None`: the series' index. A fixed slot per model keeps
+    /// one colour per model across figures that show different subsets.
+    pub color: Option<usize>,
+    /// Vertical bars `(x, lo, hi)` in data units (e.g. the range over seeds), drawn in the
+    /// series' colour with caps; bars an axis cannot show are left out.
+    pub whiskers: Vec<(f64, f64, f64)>,
 }
 
 impl Series {
@@ -139,6 +145,8 @@ impl Series {
         Self {
             name: name.into(),
             points,
+            color: None,
+            whiskers: Vec::new(),
         }
     }
 }
@@ -303,12 +311,19 @@ pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<(), PlotError
         f64::INFINITY,
         f64::NEG_INFINITY,
     );
+    let whisker_ends = chart.series.iter().flat_map(|s| {
+        s.whiskers
+            .iter()
+            .flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)])
+    });
     for (x, y) in chart
         .series
         .iter()
-        .flat_map(|s| s.points.iter().filter(|p| drawable(p)))
+        .flat_map(|s| s.points.iter().copied())
+        .chain(whisker_ends)
+        .filter(drawable)
     {
-        let (tx, ty) = (chart.x_scale.forward(*x), chart.y_scale.forward(*y));
+        let (tx, ty) = (chart.x_scale.forward(x), chart.y_scale.forward(y));
         x_min = x_min.min(tx);
         x_max = x_max.max(tx);
         y_min = y_min.min(ty);
@@ -430,7 +445,28 @@ pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<(), PlotError
     }
 
     for (i, s) in chart.series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+        let color = PALETTE[s.color.unwrap_or(i) % PALETTE.len()];
+        for &(x, lo, hi) in &s.whiskers {
+            if !(drawable(&(x, lo)) && drawable(&(x, hi))) {
+                continue;
+            }
+            let (tx, tlo, thi) = (
+                chart.x_scale.forward(x),
+                chart.y_scale.forward(lo),
+                chart.y_scale.forward(hi),
+            );
+            let ((px, plo), (_, phi)) =
+                (ctx.backend_coord(&(tx, tlo)), ctx.backend_coord(&(tx, thi)));
+            let style = color.stroke_width(2);
+            for seg in [
+                vec![(px, plo), (px, phi)],
+                vec![(px - 5, plo), (px + 5, plo)],
+                vec![(px - 5, phi), (px + 5, phi)],
+            ] {
+                root.draw(&PathElement::new(seg, style))
+                    .map_err(draw_err(path))?;
+            }
+        }
         // Split at undrawable points so that a gap shows instead of a misleading segment.
         let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
         for p in &s.points {
@@ -456,7 +492,7 @@ pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<(), PlotError
     let top = ctx.plotting_area().get_pixel_range().1.start - legend_area.get_base_pixel().1;
     let row_h = LEGEND_SIZE as i32 + 14;
     for (i, s) in chart.series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+        let color = PALETTE[s.color.unwrap_or(i) % PALETTE.len()];
         let y = top + 8 + i as i32 * row_h;
         legend_area
             .draw(&PathElement::new(
@@ -655,8 +691,8 @@ fn format_power_of_two(e: i64) -> String {
     }
 }
 
-/// The needle-in-a-haystack grid: x = context length, y = needle depth, colour = score from red
-/// (0, fail) through yellow to green (1, pass), each cell optionally annotated with a number
+/// The needle-in-a-haystack grid: x = context length, y = needle depth, colour = score on
+/// viridis from dark purple (0, fail) to yellow (1, pass), each cell optionally annotated with a number
 /// (the mean attention entropy), a dashed line at the fine-tuning length, and a colour bar.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heatmap {
@@ -740,21 +776,25 @@ impl HeatmapLayout {
     }
 }
 
-/// The heatmap colour of a score: red `(215, 48, 39)` at 0, yellow `(250, 215, 80)` at 0.5,
-/// green `(26, 152, 80)` at 1, linear in between; clamped to `[0, 1]`; NaN is grey.
+/// The heatmap colour of a score: viridis (colour-blind safe and monotone in lightness, so
+/// it also reads in grey), dark purple `(68, 1, 84)` at 0 through blue, teal `(33, 145, 140)` at
+/// 0.5 and green to yellow `(253, 231, 37)` at 1, linear between five of its stops; clamped to
+/// `[0, 1]`; NaN is grey.
 pub fn score_color(score: f64) -> (u8, u8, u8) {
-    const RED: [f64; 3] = [215.0, 48.0, 39.0];
-    const YELLOW: [f64; 3] = [250.0, 215.0, 80.0];
-    const GREEN: [f64; 3] = [26.0, 152.0, 80.0];
+    const STOPS: [[f64; 3]; 5] = [
+        [68.0, 1.0, 84.0],
+        [59.0, 82.0, 139.0],
+        [33.0, 145.0, 140.0],
+        [94.0, 201.0, 98.0],
+        [253.0, 231.0, 37.0],
+    ];
     if score.is_nan() {
         return MISSING;
     }
-    let s = score.clamp(0.0, 1.0);
-    let (a, b, t) = if s < 0.5 {
-        (RED, YELLOW, s * 2.0)
-    } else {
-        (YELLOW, GREEN, (s - 0.5) * 2.0)
-    };
+    let x = score.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
+    let k = (x.floor() as usize).min(STOPS.len() - 2);
+    let t = x - k as f64;
+    let (a, b) = (STOPS[k], STOPS[k + 1]);
     let mix = |i: usize| (a[i] + (b[i] - a[i]) * t).round() as u8;
     (mix(0), mix(1), mix(2))
 }
@@ -974,7 +1014,7 @@ pub fn render_heatmap(map: &Heatmap, path: &Path) -> Result<HeatmapLayout, PlotE
     Ok(layout)
 }
 
-/// A vertical red-to-green bar from 0 (bottom) to 1 (top) spanning the grid's height.
+/// A vertical [`score_color`] bar from 0 (bottom) to 1 (top) spanning the grid's height.
 fn draw_colorbar(
     root: &DrawingArea<BitMapBackend<'_>, Shift>,
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
@@ -1131,6 +1171,33 @@ mod tests {
     }
 
     #[test]
+    fn fixed_colour_slots_and_whiskers() {
+        let (_guard, dir) = out_dir();
+        let path = dir.join("whiskers.png");
+        // One series in slot 7 (not its index 0), with a tall range bar at x = 256.
+        let mut chart = LineChart::new("Seed spread", "context length (tokens)", "ppl");
+        chart.x_scale = Scale::Log2;
+        let mut s = Series::new("PI x4", vec![(128.0, 10.0), (256.0, 11.0), (512.0, 12.0)]);
+        s.color = Some(7);
+        s.whiskers = vec![(256.0, 5.0, 20.0)];
+        // A second series in slot 2 fixes the y range in both renders.
+        let mut other = Series::new("NTK x4", vec![(128.0, 5.0), (512.0, 20.0)]);
+        other.color = Some(2);
+        chart.series = vec![s.clone(), other.clone()];
+        render_line_chart(&chart, &path).unwrap();
+        let img = decode(&path);
+        assert_eq!(img.count(series_color(0)), 0, "slot 0 unused");
+        assert!(img.count(series_color(2)) > 100);
+        let with = img.count(series_color(7));
+        // Without the bar, fewer pixels of the colour.
+        s.whiskers.clear();
+        chart.series = vec![s, other];
+        render_line_chart(&chart, &path).unwrap();
+        let without = decode(&path).count(series_color(7));
+        assert!(with > without + 100, "{with} vs {without}");
+    }
+
+    #[test]
     fn other_line_charts_render() {
         let (_guard, dir) = out_dir();
         // Entropy vs length, linear y.
@@ -1283,9 +1350,9 @@ mod tests {
             img.pixel(l + 6, t + 6)
         };
         assert_eq!(at(0, 0), score_color(1.0));
-        assert_eq!(at(0, 0), (26, 152, 80), "green for a pass");
-        assert_eq!(at(0, 4), (215, 48, 39), "red for a fail");
-        assert_eq!(at(0, 3), (250, 215, 80), "yellow for one half");
+        assert_eq!(at(0, 0), (253, 231, 37), "viridis yellow for a pass");
+        assert_eq!(at(0, 4), (68, 1, 84), "viridis purple for a fail");
+        assert_eq!(at(0, 3), (33, 145, 140), "viridis teal for one half");
         assert_eq!(at(1, 4), score_color(0.25));
         assert_eq!(at(4, 4), MISSING, "grey for a cell not run");
         // The dashed line sits on the boundary after the 512 column.
@@ -1342,13 +1409,24 @@ mod tests {
 
     #[test]
     fn score_colour_scale() {
-        assert_eq!(score_color(0.0), (215, 48, 39));
-        assert_eq!(score_color(-1.0), (215, 48, 39));
-        assert_eq!(score_color(0.5), (250, 215, 80));
-        assert_eq!(score_color(1.0), (26, 152, 80));
-        assert_eq!(score_color(7.0), (26, 152, 80));
+        assert_eq!(score_color(0.0), (68, 1, 84));
+        assert_eq!(score_color(-1.0), (68, 1, 84));
+        assert_eq!(score_color(0.5), (33, 145, 140));
+        assert_eq!(score_color(1.0), (253, 231, 37));
+        assert_eq!(score_color(7.0), (253, 231, 37));
         assert_eq!(score_color(f64::NAN), MISSING);
-        assert_eq!(score_color(0.25), (233, 132, 60));
+        assert_eq!(score_color(0.25), (59, 82, 139));
+        assert_eq!(
+            score_color(0.125),
+            (64, 42, 112),
+            "halfway between two stops"
+        );
+        // Lightness rises monotonically, so the scale also reads in grey.
+        let luma = |c: (u8, u8, u8)| 0.299 * c.0 as f64 + 0.587 * c.1 as f64 + 0.114 * c.2 as f64;
+        let l: Vec<f64> = (0..=20)
+            .map(|i| luma(score_color(i as f64 / 20.0)))
+            .collect();
+        assert!(l.windows(2).all(|w| w[1] > w[0]), "{l:?}");
         assert_eq!(Heatmap::boundary_after(&LENGTHS, 512.0), 3.0);
         assert_eq!(Heatmap::boundary_after(&LENGTHS, 100.0), 0.0);
     }

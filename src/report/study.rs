@@ -9,13 +9,14 @@
 mod data;
 mod figures;
 mod findings;
+mod lineage;
 mod options;
 mod stats;
 
 pub use data::TableStatus;
-pub use findings::{Finding, SubTest, Verdict};
+pub use findings::{Finding, SubTest, TestStats, Verdict};
+pub use lineage::{Lineage, RunInfo};
 pub use options::{Group, ModelId, ReportOptions, compact_number, method_label, variant_of};
-pub use stats::{RankTest, rank_test, spearman};
 
 use crate::report::plots::{Scale, VLine};
 use crate::report::tables::{Align, format_value, markdown_table};
@@ -252,14 +253,110 @@ fn inputs_section(md: &mut String, study: &Study) {
         &[Align::Left; 5],
     ));
     md.push('\n');
+    for m in &study.models {
+        if let Some(other) = &m.shared_with {
+            let _ = writeln!(
+                md,
+                "{} is the same instance as {} (equal cache keys in `runs.parquet`): it is \
+                 counted once in the findings and drawn once.\n",
+                m.label,
+                study.label(other)
+            );
+        }
+    }
+    gate_section(md, study);
+}
+
+/// The adaptation gate: which (model, seed)s enter the findings.
+fn gate_section(md: &mut String, study: &Study) {
+    let _ = writeln!(md, "### Adaptation gate\n");
+    if study.gate_threshold <= 0.0 {
+        let _ = writeln!(
+            md,
+            "Disabled (`adaptation_gate = 0`): every model enters the tests.\n"
+        );
+        return;
+    }
+    let pre = study.pretrained_length.as_ref().map(|p| p.0);
+    let t = study.gate_threshold;
+    let _ = writeln!(
+        md,
+        "A fine-tuned model enters the findings' tests only where its needle accuracy is at \
+         least {t} both at the pretrained length{} and at its own fine-tuning length (it has \
+         learnt its new positions and kept retrieval); the base only where it reaches {t} at \
+         the pretrained length (a solid base). Models that fail are listed as *not adapted* \
+         (*not solid*) and left out of every test.\n",
+        pre.map(|p| format!(" {p}")).unwrap_or_default()
+    );
+    let rows: Vec<Vec<String>> = study
+        .gate
+        .iter()
+        .map(|g| {
+            let base = g.id.group == Group::Base;
+            vec![
+                study.label(&g.id),
+                g.seed.map(|s| s.to_string()).unwrap_or_else(|| "–".into()),
+                format_value(g.at_pretrained, 3),
+                match g.at_finetune {
+                    Some((l, a)) => format!("{} at {l}", format_value(a, 3)),
+                    None => "–".into(),
+                },
+                match (g.passed, base) {
+                    (Some(true), false) => "adapted",
+                    (Some(false), false) => "**not adapted**",
+                    (Some(true), true) => "solid",
+                    (Some(false), true) => "**not solid**",
+                    (None, _) => "not checked (no needle rows at the length)",
+                }
+                .into(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        let _ = writeln!(md, "No model to check.\n");
+        return;
+    }
+    md.push_str(&markdown_table(
+        &[
+            "model",
+            "seed",
+            "accuracy at L",
+            "accuracy at fine-tuning length",
+            "gate",
+        ]
+        .map(String::from),
+        &rows,
+        &[
+            Align::Left,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+            Align::Left,
+        ],
+    ));
+    let failed = study
+        .gate
+        .iter()
+        .filter(|g| g.passed == Some(false))
+        .count();
+    let _ = writeln!(
+        md,
+        "\n{failed} of {} (model, seed) instances fail the gate and are excluded from the \
+         findings' tests.\n",
+        study.gate.len()
+    );
 }
 
 fn findings_section(md: &mut String, found: &[Finding]) {
     let _ = writeln!(
         md,
-        "## Findings\n\nEach verdict follows a fixed rule (docs/report.md): rank correlations \
-         across models with a one-sided permutation test for findings 1 and 3, AUROC intervals \
-         for finding 2.\n"
+        "## Findings\n\nEach verdict follows a fixed rule (docs/report.md): two-sided tests \
+         within seed (findings 1 and 3: mean within-seed Spearman ρ, permutations within each \
+         seed; finding 2: AUROC with pairs inside one model instance and context length, \
+         bootstrap over needle cells), Holm-corrected over a finding's sub-tests. \
+         *Reproduces* and *does not reproduce* both need an adjusted p ≤ α; *not testable with \
+         this design* means no data could have reached α. Only models that passed the \
+         adaptation gate (Inputs) enter the tests.\n"
     );
     for f in found {
         let _ = writeln!(
@@ -270,10 +367,16 @@ fn findings_section(md: &mut String, found: &[Finding]) {
             f.verdict,
             capitalise(&f.summary)
         );
-        for s in &f.subtests {
+        // A finding with one test states it in its summary already.
+        let listed: Vec<&SubTest> = f
+            .subtests
+            .iter()
+            .filter(|s| s.reason != f.summary)
+            .collect();
+        for s in &listed {
             let _ = writeln!(md, "- {} — {}", s.name, s.reason);
         }
-        if !f.subtests.is_empty() {
+        if !listed.is_empty() {
             md.push('\n');
         }
     }
@@ -469,7 +572,8 @@ fn needle_section(md: &mut String, study: &Study, figs: &mut Figures) {
     let _ = writeln!(
         md,
         "Heatmaps: x = context length, y = needle depth (% of the haystack, 0 = farthest from \
-         the question), colour = pass rate (red 0, green 1), cell text = mean entropy (nats); \
+         the question), colour = pass rate (viridis: dark purple 0, yellow 1; colour-blind safe), \
+         cell text = mean entropy (nats); \
          the dashed line follows the fine-tuning length.\n"
     );
     for img in figs.needle_heatmaps(study) {
@@ -600,8 +704,10 @@ fn entropy_error_section(md: &mut String, study: &Study) {
         .collect();
     let _ = writeln!(
         md,
-        "AUROC of attention entropy predicting a failed trial, and the point-biserial \
-         correlation, with 95% bootstrap intervals:\n"
+        "As the `eval_needle` stage wrote it: AUROC of attention entropy predicting a failed \
+         trial, and the point-biserial correlation, with 95% bootstrap intervals, **pooled over \
+         context lengths** (so longer contexts, with both more entropy and more failures, \
+         inflate it; finding 2 uses the within-length form instead):\n"
     );
     md.push_str(&markdown_table(
         &[

@@ -76,7 +76,8 @@ fn windows(data: &PreparedData, length: usize, count: usize) -> Vec<Vec<u32>> {
 
 impl StageKind for Attention {
     const KIND: &'static str = "attention";
-    const VERSION: u32 = 1;
+    // 2: `attention_distance` has per-head rows (`head` column).
+    const VERSION: u32 = 2;
     type Params = AttentionParams;
 
     fn needs() -> Needs {

@@ -14,7 +14,8 @@ use crate::analysis::auroc::BootstrapConfig;
 use crate::data::NeedleTask;
 use crate::eval::EvalError;
 use crate::eval::needle::{
-    DecodeSettings, NeedleCell, NeedleGrid, NeedlePrompt, TrialLog, entropy_vs_error, run_grid,
+    DecodeSettings, EntropySpan, NeedleCell, NeedleGrid, NeedlePrompt, TrialLog, entropy_vs_error,
+    run_grid,
 };
 use crate::tables::{NeedleEntropyRow, NeedleRow};
 
@@ -45,6 +46,10 @@ pub struct EvalNeedleParams {
     /// Record the attention entropy of each answer token (Algorithm 1).
     #[serde(default = "default_true")]
     pub entropy: bool,
+    /// Which generated tokens the entropy averages: `answer` (the expected answer's token
+    /// count at most) or `generated` (every token before a stop, the form before version 2).
+    #[serde(default)]
+    pub entropy_over: EntropySpan,
     /// Bootstrap resamples of the entropy-vs-error intervals.
     #[serde(default = "default_resamples")]
     pub bootstrap_resamples: usize,
@@ -101,7 +106,8 @@ impl EvalNeedleParams {
 
 impl StageKind for EvalNeedle {
     const KIND: &'static str = "eval_needle";
-    const VERSION: u32 = 1;
+    // 2: Algorithm 1's entropy stops at the expected answer's length (`entropy_over`).
+    const VERSION: u32 = 2;
     type Params = EvalNeedleParams;
 
     fn needs() -> Needs {
@@ -162,6 +168,7 @@ impl StageKind for EvalNeedle {
             max_new_tokens: p.max_new_tokens,
             stop_tokens,
             record_entropy: p.entropy,
+            entropy_span: p.entropy_over,
         };
         let decode = |ids: &[u32]| tokenizer.decode(ids, true).map_err(|e| e.to_string());
         let seed = ctx.seed;
@@ -174,6 +181,7 @@ impl StageKind for EvalNeedle {
             Ok(NeedlePrompt {
                 input_ids: h.input_ids,
                 needle_pos: h.needle_pos,
+                answer_tokens: h.answer_ids.len(),
                 expected: h.answer,
             })
         };
@@ -224,6 +232,10 @@ mod tests {
         let p: EvalNeedleParams = serde_json::from_str(r#"{"lengths": [64]}"#).unwrap();
         assert_eq!(p.tasks, vec![NeedleTask::Passkey]);
         assert_eq!((p.trials, p.max_new_tokens, p.entropy), (8, 16, true));
+        assert_eq!(p.entropy_over, EntropySpan::Answer);
+        let old: EvalNeedleParams =
+            serde_json::from_str(r#"{"lengths": [64], "entropy_over": "generated"}"#).unwrap();
+        assert_eq!(old.entropy_over, EntropySpan::Generated);
         let e = serde_json::from_str::<EvalNeedleParams>(r#"{"lengths": [64], "task": []}"#)
             .unwrap_err()
             .to_string();

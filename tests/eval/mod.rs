@@ -19,7 +19,8 @@ use ropelens::eval::attention::{
     DistanceResult, attention_distance, attention_entropy, buckets, distance_rows, divergence_row,
 };
 use ropelens::eval::needle::{
-    DecodeSettings, NeedleCell, NeedleGrid, NeedlePrompt, TrialLog, failed, run_grid, run_trial,
+    DecodeSettings, EntropySpan, NeedleCell, NeedleGrid, NeedlePrompt, TrialLog, failed,
+    mean_answer_entropy, run_grid, run_trial,
 };
 use ropelens::eval::ppl::{PplDoc, PplMode, PplOptions, evaluate_ppl};
 use ropelens::model::{AttentionBlocks, Llama, load_llama};
@@ -225,11 +226,13 @@ fn needle_trial_reproduces_hf_generation() {
         input_ids: prompt.clone(),
         needle_pos: 2,
         expected: expected.trim().to_string(),
+        answer_tokens: want.len(),
     };
     let settings = DecodeSettings {
         max_new_tokens: want.len(),
         stop_tokens: vec![],
         record_entropy: true,
+        entropy_span: EntropySpan::Answer,
     };
     let rec = run_trial(&model, &cell, &p, &settings, &decode).unwrap();
     assert_eq!(rec.generated, want);
@@ -251,6 +254,39 @@ fn needle_trial_reproduces_hf_generation() {
         rec.entropy_rows().len(),
         c.num_hidden_layers * c.num_attention_heads
     );
+    // Algorithm 1 stops at the expected answer's length: with a 2-token answer, the entropy
+    // is the mean of the first two steps only; the older form averages every generated step.
+    let short = NeedlePrompt {
+        answer_tokens: 2,
+        ..p.clone()
+    };
+    let two = run_trial(&model, &cell, &short, &settings, &decode).unwrap();
+    let all_steps = run_trial(
+        &model,
+        &cell,
+        &short,
+        &DecodeSettings {
+            entropy_span: EntropySpan::Generated,
+            ..settings.clone()
+        },
+        &decode,
+    )
+    .unwrap();
+    assert_eq!(all_steps.entropy, rec.entropy, "generated = every step");
+    assert!(want.len() > 2);
+    let per_step = ropelens::model::greedy_decode(
+        &model,
+        &prompt,
+        &ropelens::model::GreedyOptions {
+            max_new_tokens: want.len(),
+            record_entropy: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .entropy;
+    assert_eq!(two.entropy, mean_answer_entropy(&per_step, 2));
+    assert_ne!(two.entropy, rec.entropy);
     // Without entropy recording, nothing is stored.
     let quiet = DecodeSettings {
         record_entropy: false,
@@ -295,6 +331,7 @@ fn needle_grid_resumes_after_a_kill() {
         max_new_tokens: 4,
         stop_tokens: vec![10],
         record_entropy: true,
+        entropy_span: EntropySpan::Answer,
     };
     let calls = Cell::new(0);
     let mut make = |cell: &NeedleCell| {
@@ -306,6 +343,7 @@ fn needle_grid_resumes_after_a_kill() {
             input_ids: ids,
             needle_pos: 1,
             expected: "42".into(),
+            answer_tokens: 4,
         })
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -423,14 +461,15 @@ fn attention_distance_of_uniform_attention() {
     }
     let rows = distance_rows(&d).unwrap();
     let layers = model.config().num_hidden_layers;
-    assert_eq!(rows.len(), (layers + 1) * nb);
+    // One row set per head of each layer, per layer, and for all layers.
+    assert_eq!(rows.len(), (layers * heads as usize + layers + 1) * nb);
     let total: f64 = mass.iter().sum();
     for row in &rows {
         let k = row.bucket as usize;
-        let n = if row.layer.is_some() {
-            2.0 * heads
-        } else {
-            2.0 * heads * layers as f64
+        let n = match (row.layer, row.head) {
+            (Some(_), Some(_)) => 2.0,
+            (Some(_), None) => 2.0 * heads,
+            _ => 2.0 * heads * layers as f64,
         };
         assert_eq!(row.pairs as f64, pairs[k] as f64 * n, "{row:?}");
         assert!(
@@ -439,6 +478,10 @@ fn attention_distance_of_uniform_attention() {
         );
         assert!((row.mass - mass[k] / total).abs() < 1e-5, "{row:?}");
     }
+    assert!(
+        rows.iter().any(|r| r.layer == Some(1) && r.head == Some(1)),
+        "per-head rows"
+    );
     let all: Vec<_> = rows.iter().filter(|r| r.layer.is_none()).collect();
     assert!((all.iter().map(|r| r.mass).sum::<f64>() - 1.0).abs() < 1e-9);
     assert_eq!((all[3].distance_lo, all[3].distance_hi), (4, 7));
@@ -462,6 +505,7 @@ fn divergence_of_disjoint_profiles_is_ln2() {
     };
     let result = |length, mass: Vec<f64>| DistanceResult {
         length,
+        heads: vec![],
         layers: vec![],
         all: profile(mass),
     };

@@ -191,7 +191,12 @@ fn stages_write_their_tables() {
     assert_eq!(ent.len(), 2 * 2 * (7 + 8));
     assert!(ent.iter().all(|r| r.queries > 0 && r.entropy_mean >= 0.0));
     let dist: Vec<AttentionDistanceRow> = table(&out);
-    assert_eq!(dist.len(), 3 * (7 + 8));
+    // Per length: 2 layers x 2 heads, 2 layers, all layers; 7 and 8 buckets.
+    assert_eq!(dist.len(), (2 * 2 + 2 + 1) * (7 + 8));
+    assert_eq!(
+        dist.iter().filter(|r| r.head.is_some()).count(),
+        2 * 2 * (7 + 8)
+    );
     let div: Vec<AttentionDivergenceRow> = table(&out);
     assert_eq!(div.len(), 2);
     assert_eq!((div[0].length, div[0].reference_length), (64, 64));

@@ -68,3 +68,43 @@ fn changing_rope_keeps_every_weight_and_changes_the_output() {
     let bad = RopeConfig::new(1e4).with_scaling(RopeScaling::Linear(Linear { factor: 0.5 }));
     assert!(model.with_rope(bad).is_err());
 }
+
+/// PI, NTK and YaRN with factor 1 are the plain model: the adaptation gate's sanity check that
+/// an extension changes nothing by itself (logits equal to 1e-6).
+#[test]
+fn extensions_with_factor_one_give_the_plain_model() {
+    let device = Device::flex();
+    device.seed(9);
+    let model = Llama::init(&tiny(), &device).unwrap();
+    let ids = ids_tensor(&[(0..16).collect()], &device).unwrap();
+    let plain = to_f32_vec(model.forward(ids.clone()).unwrap());
+    let hf = tiny().to_hf_value(ropelens::model::HfLayout::V4);
+    for (key, scaling) in [
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "linear", "factor": 1.0}),
+        ),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "yarn", "factor": 1.0,
+                "original_max_position_embeddings": 16}),
+        ),
+        (
+            "ropelens_rope",
+            serde_json::json!({"rope_type": "ntk", "factor": 1.0}),
+        ),
+    ] {
+        let mut v = hf.clone();
+        v[key] = scaling.clone();
+        let config = LlamaConfig::from_hf_value(&v, "test").unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(config.rope, tiny().rope, "{scaling} parsed as a scaling");
+        let scaled = model.clone().with_rope(config.rope.clone()).unwrap();
+        let y = to_f32_vec(scaled.forward(ids.clone()).unwrap());
+        let worst = plain
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "{scaling}: max |logit difference| {worst}");
+    }
+}

@@ -82,7 +82,8 @@ fn tables_are_gathered_with_stage_instance_and_matrix_columns() {
              inputs = [\"fix\"]\n\
              [[stages.eval.matrix.env]]\nname = \"yarn\"\nSRC = \"a\"\n\
              [[stages.eval.matrix.env]]\nname = \"pi\"\nSRC = \"b\"\n\
-             [stages.other]\nkind = \"command\"\nargs = [\"true\"]\nmatrix.gpu = [0]\n"
+             [stages.other]\nkind = \"command\"\nargs = [\"true\"]\nmatrix.gpu = [0]\n\
+             needs = {{ up = \"eval[*]\" }}\n"
         ),
     );
     p.run("p.toml", &[]);
@@ -130,7 +131,8 @@ fn tables_are_gathered_with_stage_instance_and_matrix_columns() {
             "started_at",
             "finished_at",
             "tool_version",
-            "error"
+            "error",
+            "needs"
         ]
     );
     assert_eq!(
@@ -138,6 +140,16 @@ fn tables_are_gathered_with_stage_instance_and_matrix_columns() {
         ["eval@yarn", "eval@pi", "other@gpu-0"]
     );
     assert_eq!(strings(&runs, "status"), ["built", "built", "built"]);
+    // Lineage: `other` gathered both eval instances; their keys are its `up` need.
+    let keys = strings(&runs, "key");
+    assert_eq!(
+        strings(&runs, "needs"),
+        [
+            "{}".to_string(),
+            "{}".to_string(),
+            format!("{{\"up\":[\"{}\",\"{}\"]}}", keys[0], keys[1])
+        ]
+    );
     assert_eq!(strings(&runs, "SRC"), ["a", "b", "<null>"]);
     let gpu = runs.column_by_name("gpu").and_then(|a| {
         a.as_any()

@@ -83,9 +83,9 @@ fn every_pipeline_in_the_repository_validates() {
         let out = p.ok(&args);
         assert!(out.contains(": ok ("), "{name}: {out}");
         if name == "paper-small.toml" {
-            // 2 corpora, 2 seeds x (base, 7 extensions, 2 ablation arms, and their evaluations
-            // of 3 kinds), one report.
-            assert!(out.contains("(15 stages, 83 instances)"), "{out}");
+            // 3 corpora, 3 seeds x (base, 6 extensions, 3 ablation arms, and their evaluations
+            // of 3 kinds), one report (docs/study.md).
+            assert!(out.contains("(16 stages, 124 instances)"), "{out}");
         }
         seen.push(name);
     }
@@ -93,5 +93,51 @@ fn every_pipeline_in_the_repository_validates() {
     assert_eq!(
         seen,
         ["paper-small.toml", "quickstart.toml", "real-model.toml"]
+    );
+}
+
+/// `pipe rope` prints the frequency view of a config.json, with RoPE keys overridden; bad keys
+/// are errors naming the file.
+#[test]
+fn pipe_rope_prints_the_frequency_view() {
+    let p = crate::runner::Project::new();
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/default/config.json");
+    let file = config.to_str().unwrap();
+    // head_dim 16, theta 1e4, L 64: 3 of 8 pairs rotate within L (2 pi 1e4^(i/8) <= 64).
+    let out = p.ok(&["rope", file]);
+    assert!(
+        out.contains("RoPE `default`, rope_theta 10000, head_dim 16 (8 pairs)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("3 of 8 pairs complete a rotation within L"),
+        "{out}"
+    );
+    assert!(out.contains("| interpolation ratio |"), "{out}");
+    let out = p.ok(&[
+        "rope",
+        file,
+        "--set",
+        "rope_type=linear",
+        "--set",
+        "factor=4",
+    ]);
+    assert!(
+        out.contains("keeps 0, ramps 0 and interpolates 8 pairs"),
+        "{out}"
+    );
+    assert!(out.contains("4.000 | interpolated"), "{out}");
+    let err = p.fail(&[
+        "rope",
+        file,
+        "--set",
+        "rope_type=linear",
+        "--set",
+        "beta_fast=4",
+    ]);
+    assert!(
+        err.contains("config.json") && err.contains("beta_fast"),
+        "{err}"
     );
 }

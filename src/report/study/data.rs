@@ -4,6 +4,7 @@
 //! A missing or unreadable table is recorded in [`Study::status`] and treated as empty, so the
 //! report says what it could not show instead of failing.
 
+use super::lineage::Lineage;
 use super::options::{Classifier, Group, ModelId, ReportOptions, method_label};
 use crate::tables::{
     AttentionDistanceRow, AttentionDivergenceRow, AttentionEntropyRow, EntropyVsErrorRow,
@@ -11,6 +12,15 @@ use crate::tables::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// A (model, seed, context length).
+pub type ProfileKey = (ModelId, Option<i64>, i64);
+
+/// Attention mass by distance bucket per (layer, head), `None` meaning pooled.
+pub type LayerHeadProfiles = BTreeMap<(Option<i64>, Option<i64>), Vec<f64>>;
+
+/// [`LayerHeadProfiles`] of every (model, seed, length).
+pub type MassProfiles = BTreeMap<ProfileKey, LayerHeadProfiles>;
 
 /// Values by model, then context length, then seed (`None` without a seed column).
 pub type Metric = BTreeMap<ModelId, BTreeMap<i64, BTreeMap<Option<i64>, f64>>>;
@@ -41,6 +51,25 @@ pub struct ModelInfo {
     pub ft_length: Option<i64>,
     /// Where `ft_length` came from.
     pub ft_source: String,
+    /// An earlier model whose instances have exactly these cache keys: the same measurement
+    /// under another stage's name (e.g. the ablation's 4L arm is the NTK x4 method).
+    pub shared_with: Option<ModelId>,
+}
+
+/// Whether a (model, seed) passed the adaptation gate (see [`Study::gate`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateCheck {
+    /// The model.
+    pub id: ModelId,
+    /// The seed.
+    pub seed: Option<i64>,
+    /// Needle accuracy at the pretrained length.
+    pub at_pretrained: Option<f64>,
+    /// The fine-tuning length and the accuracy there (fine-tuned models only).
+    pub at_finetune: Option<(i64, Option<f64>)>,
+    /// `Some(true)` adapted (or, for the base, solid), `Some(false)` not, `None` not checked
+    /// (no needle rows at the length).
+    pub passed: Option<bool>,
 }
 
 /// Everything the report reads.
@@ -60,7 +89,15 @@ pub struct Study {
     pub models: Vec<ModelInfo>,
     /// The base model's pretrained length and where it came from.
     pub pretrained_length: Option<(i64, String)>,
+    /// Cache keys and needs of every instance (`runs.parquet`).
+    pub lineage: Lineage,
+    /// The adaptation gate per (model, seed), in report order.
+    pub gate: Vec<GateCheck>,
+    /// The gate's threshold (needle accuracy); 0 disables it.
+    pub gate_threshold: f64,
     classifier: Option<Classifier>,
+    /// Train keys of the base model by lineage (empty: the name patterns decide).
+    base_keys: BTreeSet<String>,
 }
 
 fn load<T: Table>(dir: &Path, status: &mut Vec<(&'static str, TableStatus)>) -> Vec<ResultRow<T>> {
@@ -113,18 +150,118 @@ impl Study {
             val_log: load(dir, &mut status),
             ..Default::default()
         };
+        let runs = dir.join("runs.parquet");
+        if runs.exists() {
+            match Lineage::load(&runs) {
+                Ok(l) => {
+                    status.push(("runs", TableStatus::Loaded(l.runs.len())));
+                    s.lineage = l;
+                }
+                Err(e) => status.push(("runs", TableStatus::Unreadable(e))),
+            }
+        } else {
+            status.push(("runs", TableStatus::Missing(runs)));
+        }
         s.status = status;
+        s.base_keys = s.lineage.base_keys();
         s.classifier = Some(classifier);
         s.identify_models(opts);
+        s.gate_threshold = opts.adaptation_gate;
+        s.gate = s.compute_gate();
         s
     }
 
-    /// The model of a row.
+    /// The model of a row: the base by lineage when `runs.parquet` records needs (the
+    /// instance's model key is a base key), else by the `base` patterns; ablation or method by
+    /// the `ablation` patterns.
     pub fn model_of<T>(&self, r: &ResultRow<T>) -> ModelId {
-        self.classifier
-            .as_ref()
-            .expect("set by load")
-            .model(&r.stage, &r.instance, &r.matrix)
+        self.model_at(&r.stage, &r.instance, &r.matrix)
+    }
+
+    fn model_at(
+        &self,
+        stage: &str,
+        instance: &str,
+        matrix: &[(String, serde_json::Value)],
+    ) -> ModelId {
+        let c = self.classifier.as_ref().expect("set by load");
+        let id = c.model(stage, instance, matrix);
+        if self.base_keys.is_empty() {
+            return id;
+        }
+        match self.lineage.model_key(stage, instance) {
+            Some(k) if self.base_keys.contains(&k) => ModelId {
+                group: Group::Base,
+                variant: String::new(),
+            },
+            Some(_) if id.group == Group::Base => c.non_base(stage, instance, matrix),
+            _ => id,
+        }
+    }
+
+    /// The cache key of the instance that wrote a row (from `runs.parquet`).
+    pub fn key_of<T>(&self, r: &ResultRow<T>) -> Option<&str> {
+        self.lineage.key(&r.stage, &r.instance)
+    }
+
+    /// Whether a (model, seed) may enter the findings' tests: it passed the adaptation gate or
+    /// could not be checked.
+    pub fn adapted(&self, id: &ModelId, seed: Option<i64>) -> bool {
+        !self
+            .gate
+            .iter()
+            .any(|g| &g.id == id && g.seed == seed && g.passed == Some(false))
+    }
+
+    /// The adaptation gate: every fine-tuned (model, seed) must reach needle accuracy of at
+    /// least the threshold at the pretrained length L and at its own fine-tuning length; the
+    /// base must reach it at L (a solid base). Not checked where `needle` has no rows at the
+    /// length, or when the threshold is 0.
+    fn compute_gate(&self) -> Vec<GateCheck> {
+        let acc = self.needle_accuracy();
+        let pre = self.pretrained_length.as_ref().map(|p| p.0);
+        let mut out = Vec::new();
+        for m in &self.models {
+            let seeds: Vec<Option<i64>> = if m.seeds.is_empty() {
+                vec![None]
+            } else {
+                m.seeds.iter().map(|s| Some(*s)).collect()
+            };
+            for seed in seeds {
+                let at = |len: i64| {
+                    acc.get(&m.id)
+                        .and_then(|l| l.get(&len))
+                        .and_then(|s| s.get(&seed))
+                        .copied()
+                };
+                let at_pretrained = pre.and_then(at);
+                let at_finetune = match m.id.group {
+                    Group::Base => None,
+                    _ => m.ft_length.map(|l| (l, at(l))),
+                };
+                let mut checks = vec![at_pretrained];
+                if m.id.group != Group::Base {
+                    checks.push(at_finetune.and_then(|f| f.1));
+                }
+                let passed = if self.gate_threshold <= 0.0 || checks.iter().any(|c| c.is_none()) {
+                    None
+                } else {
+                    Some(
+                        checks
+                            .iter()
+                            .all(|c| c.is_some_and(|a| a >= self.gate_threshold)),
+                    )
+                };
+                out.push(GateCheck {
+                    id: m.id.clone(),
+                    seed,
+                    at_pretrained,
+                    at_finetune,
+                    passed,
+                });
+            }
+        }
+        out
     }
 
     /// The model's info.
@@ -145,7 +282,6 @@ impl Study {
     }
 
     fn identify_models(&mut self, opts: &ReportOptions) {
-        let classifier = self.classifier.clone().expect("set by load");
         let all: Vec<Origin<'_>> = origins(&self.ppl)
             .chain(origins(&self.needle))
             .chain(origins(&self.attention_entropy))
@@ -158,14 +294,19 @@ impl Study {
         // Train lengths by model, from train_log.
         let mut train_len: BTreeMap<ModelId, i64> = BTreeMap::new();
         for r in &self.train_log {
-            let id = classifier.model(&r.stage, &r.instance, &r.matrix);
+            let id = self.model_of(r);
             let e = train_len.entry(id).or_insert(r.row.seq_len);
             *e = (*e).max(r.row.seq_len);
         }
         let mut models: Vec<ModelInfo> = Vec::new();
         let mut firsts: Vec<(String, Vec<(String, serde_json::Value)>)> = Vec::new();
+        // Cache keys of each model's instances: equal sets are one measurement.
+        let mut keys: BTreeMap<ModelId, BTreeSet<&str>> = BTreeMap::new();
         for o in &all {
-            let id = classifier.model(o.stage, o.instance, o.matrix);
+            let id = self.model_at(o.stage, o.instance, o.matrix);
+            if let Some(k) = self.lineage.key(o.stage, o.instance) {
+                keys.entry(id.clone()).or_default().insert(k);
+            }
             let idx = match models.iter().position(|m| m.id == id) {
                 Some(i) => i,
                 None => {
@@ -176,6 +317,7 @@ impl Study {
                         stages: BTreeSet::new(),
                         ft_length: None,
                         ft_source: String::new(),
+                        shared_with: None,
                     });
                     firsts.push((o.instance.to_string(), Vec::new()));
                     models.len() - 1
@@ -258,6 +400,13 @@ impl Study {
             Group::Ablation => (2, m.ft_length.unwrap_or(i64::MAX)),
         };
         models.sort_by_key(order); // stable: methods keep first-seen order
+        for i in 0..models.len() {
+            let mine = keys.get(&models[i].id);
+            models[i].shared_with = models[..i]
+                .iter()
+                .find(|m| mine.is_some_and(|k| !k.is_empty() && keys.get(&m.id) == Some(k)))
+                .map(|m| m.id.clone());
+        }
         self.models = models;
     }
 
@@ -364,6 +513,32 @@ impl Study {
         )
     }
 
+    /// The attention mass distribution over distance buckets (`mass`: the share of attention in
+    /// each bucket, so a bucket weighs by the keys it holds) of every (model, seed, length), per
+    /// (layer, head): `(None, None)` all layers, `(Some(l), None)` layer `l`'s heads pooled,
+    /// `(Some(l), Some(h))` one head. Bucket `k` at index `k`.
+    pub fn mass_profiles(&self) -> MassProfiles {
+        let mut out = MassProfiles::new();
+        for r in &self.attention_distance {
+            let Ok(b) = usize::try_from(r.row.bucket) else {
+                continue;
+            };
+            if !r.row.mass.is_finite() {
+                continue;
+            }
+            let v = out
+                .entry((self.model_of(r), r.seed(), r.row.length))
+                .or_default()
+                .entry((r.row.layer, r.row.head))
+                .or_default();
+            if v.len() <= b {
+                v.resize(b + 1, 0.0);
+            }
+            v[b] = r.row.mass;
+        }
+        out
+    }
+
     /// Mean attention probability by distance bucket for a model at a length, averaged over
     /// seeds: the all-layer rows (`layer` null), or the mean of the layers when there are none.
     /// `(bucket, distance_lo, mean_prob)` sorted by bucket.
@@ -375,7 +550,10 @@ impl Study {
             .collect();
         let all_layers = rows.iter().any(|r| r.row.layer.is_none());
         let mut sums: BTreeMap<i64, (i64, f64, f64)> = BTreeMap::new();
-        for r in rows.iter().filter(|r| r.row.layer.is_none() == all_layers) {
+        for r in rows
+            .iter()
+            .filter(|r| r.row.layer.is_none() == all_layers && r.row.head.is_none())
+        {
             let e = sums
                 .entry(r.row.bucket)
                 .or_insert((r.row.distance_lo, 0.0, 0.0));

@@ -42,6 +42,12 @@ pub fn slug(label: &str) -> String {
     s.trim_matches('-').to_string()
 }
 
+/// The palette slot of a model: its place in the report's model order, the same in every
+/// figure.
+fn model_color(study: &Study, id: &ModelId) -> Option<usize> {
+    study.models.iter().position(|m| &m.id == id)
+}
+
 /// `1024` -> `1K` for tick labels.
 fn compact(n: i64) -> String {
     if n >= 1024 && n % 1024 == 0 {
@@ -115,7 +121,21 @@ impl<'a> Figures<'a> {
                 .keys()
                 .map(|l| (*l as f64, mean(&cell(metric, id, *l))))
                 .collect();
-            chart.series.push(Series::new(study.label(id), points));
+            let mut series = Series::new(study.label(id), points);
+            // One colour per model across figures; bars span the seeds' range.
+            series.color = model_color(study, id);
+            series.whiskers = by_len
+                .keys()
+                .filter_map(|l| {
+                    let v = cell(metric, id, *l);
+                    (v.len() > 1).then(|| {
+                        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        (*l as f64, lo, hi)
+                    })
+                })
+                .collect();
+            chart.series.push(series);
         }
         chart.vlines = vlines.to_vec();
         self.line(&chart, stem)
@@ -128,7 +148,8 @@ impl<'a> Figures<'a> {
         let tasks: BTreeSet<&str> = study.needle.iter().map(|r| r.row.task.as_str()).collect();
         let per_task = tasks.len() > 1;
         let mut out = Vec::new();
-        for m in &study.models {
+        // An instance shared with an earlier model is drawn once, under that model.
+        for m in study.models.iter().filter(|m| m.shared_with.is_none()) {
             for task in tasks
                 .iter()
                 .map(|t| Some(*t))
@@ -188,12 +209,20 @@ impl<'a> Figures<'a> {
                             .collect()
                     })
                     .collect();
+                // Trials per cell (seeds pooled), so the pass rate's resolution is visible.
+                let counts: BTreeSet<i64> = cells.values().map(|c| c.1 as i64).collect();
+                let trials = match (counts.first(), counts.last()) {
+                    (Some(a), Some(b)) if a == b => format!("{a} trials per cell"),
+                    (Some(a), Some(b)) => format!("{a}-{b} trials per cell"),
+                    _ => String::new(),
+                };
                 let title = match task {
-                    Some(t) => {
-                        format!("Needle ({t}): {} — cell text: mean entropy (nats)", m.label)
-                    }
+                    Some(t) => format!(
+                        "Needle ({t}): {} — {trials}; cell text: mean entropy (nats)",
+                        m.label
+                    ),
                     None => format!(
-                        "Needle retrieval: {} — cell text: mean entropy (nats)",
+                        "Needle retrieval: {} — {trials}; cell text: mean entropy (nats)",
                         m.label
                     ),
                 };
@@ -207,6 +236,7 @@ impl<'a> Figures<'a> {
                     values,
                 );
                 map.annotations = Some(annotations);
+                map.y_label = "needle depth (%; 0 = farthest from the question)".into();
                 map.colorbar_label = "pass rate".into();
                 let line_at = match m.id.group {
                     Group::Base => study
@@ -257,10 +287,12 @@ impl<'a> Figures<'a> {
             for (b, lo, _) in &profile {
                 ticks.insert(*b, *lo);
             }
-            chart.series.push(Series::new(
+            let mut series = Series::new(
                 study.label(id),
                 profile.iter().map(|(b, _, p)| (*b as f64, *p)).collect(),
-            ));
+            );
+            series.color = model_color(study, id);
+            chart.series.push(series);
         }
         // At most about 14 labelled ticks keep the axis readable.
         let step = ticks.len().div_ceil(14).max(1);
@@ -326,7 +358,9 @@ impl<'a> Figures<'a> {
                     (raw[i].0, mean(&ys))
                 })
                 .collect();
-            chart.series.push(Series::new(study.label(id), points));
+            let mut series = Series::new(study.label(id), points);
+            series.color = model_color(study, id);
+            chart.series.push(series);
         }
         if window_used > 1 {
             chart.title = format!("{title} (moving average over {window_used} logged steps)");

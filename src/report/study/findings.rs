@@ -1,37 +1,43 @@
 //! The verdicts on the paper's three findings, each computed from the numbers by a fixed,
 //! documented rule (docs/report.md, "Findings").
 //!
-//! Findings 1 and 3 are associations across models, tested with Spearman's rank correlation and
-//! a one-sided exact (or seeded Monte Carlo) permutation test in the direction the paper claims.
-//! A sub-test **reproduces** when rho has the claimed sign and `p <= alpha`; it **does not
-//! reproduce** when rho has the other sign or is 0; it is **inconclusive** with fewer than 4
-//! observations or when rho has the claimed sign but `p > alpha`. A finding reproduces when at
-//! least one sub-test does and none contradicts it, does not reproduce when at least one
-//! contradicts and none reproduces, and is otherwise inconclusive.
-//!
-//! Finding 2 reads each model's AUROC interval of entropy predicting failure: it reproduces when
-//! at least half of the models with a defined AUROC have an interval above 0.5 and none below;
-//! it does not reproduce when none is above and (some is below 0.5 or the median AUROC is at most
-//! 0.5); otherwise it is inconclusive.
+//! - Every test is **two-sided** and **within seed**: findings 1 and 3 use the mean over seeds
+//!   of Spearman's rho with a permutation test that shuffles only within a seed
+//!   ([`stratified_rank_test`]); finding 2 uses the AUROC of entropy for failure counting only
+//!   pairs of the same model instance and context length, with a bootstrap over needle cells
+//!   ([`cluster_bootstrap_auroc`]).
+//! - The sub-tests of a finding form one family, corrected with **Holm**. A sub-test
+//!   **reproduces** when its adjusted p is at most alpha and the effect has the claimed sign,
+//!   **does not reproduce** when its adjusted p is at most alpha and the sign is the opposite,
+//!   is **inconclusive** otherwise (the report gives the effect and its interval), and is
+//!   **not testable with this design** when even the most extreme data could not reach alpha.
+//! - Only models that passed the adaptation gate enter a test ([`Study::adapted`]); every
+//!   instance enters once (rows with a cache key already seen are the same measurement).
 
-use super::data::{Metric, Study, passed};
+use super::data::{MassProfiles, Metric, Study, passed};
 use super::options::{Group, ModelId, ReportOptions};
-use super::stats::{RankTest, rank_test};
-use crate::analysis::auroc::{BootstrapConfig, score_vs_outcome};
+use crate::analysis::auroc::auroc;
+use crate::analysis::divergence::js_divergence;
+use crate::analysis::inference::{
+    ClusterEstimate, StratifiedTest, cluster_bootstrap_auroc, holm, stratified_rank_test,
+};
 use crate::report::tables::{Align, format_value, markdown_table};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 /// The outcome of a finding or a sub-test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// The data show the paper's effect at the chosen significance.
+    /// The data show the paper's effect (Holm-adjusted p <= alpha, claimed sign).
     Reproduces,
-    /// The data show no effect or the opposite one.
+    /// The data show the opposite effect (Holm-adjusted p <= alpha, opposite sign).
     DoesNotReproduce,
-    /// The direction may agree but the evidence is too weak, or sub-tests disagree.
+    /// Neither: the evidence is too weak, or sub-tests disagree.
     Inconclusive,
-    /// A table or setting the test needs is absent.
+    /// The design cannot reach alpha whatever the data (too few orderings).
+    NotTestableByDesign,
+    /// A table, model or setting the test needs is absent.
     NotTestable,
 }
 
@@ -41,22 +47,50 @@ impl fmt::Display for Verdict {
             Verdict::Reproduces => "reproduces",
             Verdict::DoesNotReproduce => "does not reproduce",
             Verdict::Inconclusive => "inconclusive",
+            Verdict::NotTestableByDesign => "not testable with this design",
             Verdict::NotTestable => "not testable",
         })
     }
 }
 
-/// One rank-correlation test of a finding.
+/// The numbers of one test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestStats {
+    /// What the statistic is, e.g. "mean within-seed Spearman ρ".
+    pub statistic: &'static str,
+    /// Its value.
+    pub value: f64,
+    /// Its value under no association (0 for rho, 0.5 for AUROC).
+    pub null: f64,
+    /// 95% bootstrap interval, when defined.
+    pub interval: Option<(f64, f64)>,
+    /// Observations (model instances for rho, trials for AUROC).
+    pub n: usize,
+    /// Two-sided p-value.
+    pub p: f64,
+    /// Holm-adjusted over the finding's sub-tests.
+    pub p_holm: f64,
+    /// The smallest p the design can give.
+    pub min_p: f64,
+    /// How p was computed, e.g. "exact over 216 within-seed orderings".
+    pub method: String,
+    /// The design in words, e.g. "3 seeds of 3, 3, 3 models".
+    pub design: String,
+}
+
+/// One test of a finding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubTest {
-    /// What is correlated with what, e.g. "JS divergence vs PPL beyond 512".
+    /// What is tested, e.g. "JS divergence at 64 vs PPL beyond 256".
     pub name: String,
-    /// The verdict of this test.
+    /// Its verdict.
     pub verdict: Verdict,
     /// Why, with the numbers.
     pub reason: String,
     /// The test, when it ran.
-    pub test: Option<RankTest>,
+    pub test: Option<TestStats>,
+    /// The claimed sign of the effect relative to the null (+1 or -1).
+    sign: f64,
 }
 
 /// A finding's verdict and its evidence.
@@ -70,56 +104,215 @@ pub struct Finding {
     pub verdict: Verdict,
     /// One sentence with the numbers.
     pub summary: String,
-    /// The sub-tests (findings 1 and 3).
+    /// The sub-tests.
     pub subtests: Vec<SubTest>,
     /// Markdown with the observations behind the verdict.
     pub evidence: String,
 }
 
-/// Minimum observations for a rank test to count.
-const MIN_N: usize = 4;
-
-/// Observations of one model per seed, or per model when seeds do not pair up.
+/// Observations of one model per seed.
 type Obs = BTreeMap<(ModelId, Option<i64>), f64>;
 
-/// Paired observations: model, seed (`None` for model means), x, y.
-type Pairs = Vec<(ModelId, Option<i64>, f64, f64)>;
-
-/// Pairs two per-(model, seed) value sets. Seed-level pairs are used when they cover every model
-/// that the model-level (seed-averaged) pairing covers; otherwise model means.
-fn pair(x: &Obs, y: &Obs) -> (Pairs, &'static str) {
-    let seed_level: Vec<(ModelId, Option<i64>, f64, f64)> = x
-        .iter()
-        .filter_map(|(k, vx)| y.get(k).map(|vy| (k.0.clone(), k.1, *vx, *vy)))
-        .collect();
-    let means = |o: &Obs| {
-        let mut m: BTreeMap<ModelId, (f64, f64)> = BTreeMap::new();
-        for ((id, _), v) in o {
-            let e = m.entry(id.clone()).or_default();
-            e.0 += v;
-            e.1 += 1.0;
+impl SubTest {
+    fn not_testable(name: String, reason: String) -> Self {
+        SubTest {
+            name,
+            verdict: Verdict::NotTestable,
+            reason: format!("not testable: {reason}"),
+            test: None,
+            sign: 1.0,
         }
-        m.into_iter()
-            .map(|(k, (s, n))| (k, s / n))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let (mx, my) = (means(x), means(y));
-    let model_level: Vec<(ModelId, Option<i64>, f64, f64)> = mx
-        .iter()
-        .filter_map(|(k, vx)| my.get(k).map(|vy| (k.clone(), None, *vx, *vy)))
-        .collect();
-    let seed_models: std::collections::BTreeSet<&ModelId> =
-        seed_level.iter().map(|o| &o.0).collect();
-    if !seed_level.is_empty() && seed_models.len() == model_level.len() {
-        (seed_level, "model x seed")
-    } else {
-        (model_level, "model (seed means)")
     }
 }
 
-/// A rank test of `x` against `y` across models in the claimed direction `sign`.
+fn p_text(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        format!("= {p:.3}")
+    }
+}
+
+fn interval_text(i: Option<(f64, f64)>) -> String {
+    i.map(|(lo, hi)| format!(" [95% CI {lo:.2}, {hi:.2}]"))
+        .unwrap_or_default()
+}
+
+/// Holm over the sub-tests that ran, then each verdict and reason (see the module doc).
+fn decide(subtests: &mut [SubTest], alpha: f64) {
+    let ran: Vec<usize> = (0..subtests.len())
+        .filter(|&i| subtests[i].test.is_some())
+        .collect();
+    let p: Vec<f64> = ran
+        .iter()
+        .map(|&i| subtests[i].test.as_ref().expect("ran").p)
+        .collect();
+    let adjusted = holm(&p);
+    for (&i, adj) in ran.iter().zip(adjusted) {
+        let s = &mut subtests[i];
+        let t = s.test.as_mut().expect("ran");
+        t.p_holm = adj;
+        let claimed = if s.sign > 0.0 { "above" } else { "below" };
+        let stats = format!(
+            "{} = {:.2}{}, n = {} ({}), two-sided p {} ({}), Holm-adjusted p {}",
+            t.statistic,
+            t.value,
+            interval_text(t.interval),
+            t.n,
+            t.design,
+            p_text(t.p),
+            t.method,
+            p_text(adj)
+        );
+        let effect = s.sign * (t.value - t.null);
+        (s.verdict, s.reason) = if t.min_p > alpha {
+            (
+                Verdict::NotTestableByDesign,
+                format!(
+                    "not testable with this design: the smallest two-sided p it can give is \
+                     {:.3} > α = {alpha} whatever the data ({stats})",
+                    t.min_p
+                ),
+            )
+        } else if adj <= alpha && effect > 0.0 {
+            (
+                Verdict::Reproduces,
+                format!("reproduces: {stats} ≤ α = {alpha}"),
+            )
+        } else if adj <= alpha && effect < 0.0 {
+            (
+                Verdict::DoesNotReproduce,
+                format!(
+                    "does not reproduce: the claim puts the statistic {claimed} {}; {stats} ≤ \
+                     α = {alpha}",
+                    t.null
+                ),
+            )
+        } else {
+            (
+                Verdict::Inconclusive,
+                format!("inconclusive: {stats} > α = {alpha}"),
+            )
+        };
+    }
+}
+
+/// The overall verdict of sub-tests (see the module doc).
+fn combine(subtests: &[SubTest]) -> Verdict {
+    let count = |v: Verdict| subtests.iter().filter(|s| s.verdict == v).count();
+    let (yes, no) = (count(Verdict::Reproduces), count(Verdict::DoesNotReproduce));
+    let ran = subtests.len() - count(Verdict::NotTestable);
+    if ran == 0 {
+        Verdict::NotTestable
+    } else if yes > 0 && no == 0 {
+        Verdict::Reproduces
+    } else if no > 0 && yes == 0 {
+        Verdict::DoesNotReproduce
+    } else if count(Verdict::NotTestableByDesign) == ran {
+        Verdict::NotTestableByDesign
+    } else {
+        Verdict::Inconclusive
+    }
+}
+
+/// The count of sub-test verdicts, e.g. "2 of 3 sub-tests that ran reproduce, none
+/// contradicts the claim, 1 inconclusive."
+fn summary_of(subtests: &[SubTest]) -> String {
+    let count = |v: Verdict| subtests.iter().filter(|s| s.verdict == v).count();
+    let ran = subtests.len() - count(Verdict::NotTestable);
+    let mut parts = vec![format!(
+        "{} of {ran} sub-tests that ran reproduce (Holm-corrected, two-sided)",
+        count(Verdict::Reproduces)
+    )];
+    parts.push(match count(Verdict::DoesNotReproduce) {
+        0 => "none contradicts the claim".to_string(),
+        k => format!("{k} contradict the claim"),
+    });
+    for (v, what) in [
+        (Verdict::Inconclusive, "inconclusive"),
+        (
+            Verdict::NotTestableByDesign,
+            "not testable with this design",
+        ),
+        (Verdict::NotTestable, "not testable (missing data)"),
+    ] {
+        let k = count(v);
+        if k > 0 {
+            parts.push(format!("{k} {what}"));
+        }
+    }
+    parts.join(", ") + "."
+}
+
+/// Keeps the observations of (model, seed)s that passed the adaptation gate.
+fn gated(study: &Study, obs: Obs) -> Obs {
+    obs.into_iter()
+        .filter(|((id, seed), _)| study.adapted(id, *seed))
+        .collect()
+}
+
+/// The within-seed strata of paired observations: per seed, the (x, y) of each model having
+/// both; `None` as its own stratum. Also the table rows (model, seed, x, y) in report order.
+#[allow(clippy::type_complexity)]
+fn strata(
+    study: &Study,
+    x: &Obs,
+    y: &Obs,
+) -> (
+    Vec<(Vec<f64>, Vec<f64>)>,
+    Vec<(ModelId, Option<i64>, f64, f64)>,
+) {
+    let mut rows: Vec<(ModelId, Option<i64>, f64, f64)> = x
+        .iter()
+        .filter_map(|(k, vx)| y.get(k).map(|vy| (k.0.clone(), k.1, *vx, *vy)))
+        .collect();
+    let rank = |id: &ModelId| study.models.iter().position(|m| &m.id == id);
+    rows.sort_by(|a, b| a.1.cmp(&b.1).then(rank(&a.0).cmp(&rank(&b.0))));
+    let mut by_seed: BTreeMap<Option<i64>, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for (_, seed, vx, vy) in &rows {
+        let e = by_seed.entry(*seed).or_default();
+        e.0.push(*vx);
+        e.1.push(*vy);
+    }
+    (by_seed.into_values().collect(), rows)
+}
+
+fn design_text(t: &StratifiedTest) -> String {
+    let sizes: Vec<String> = t.strata.iter().map(|n| n.to_string()).collect();
+    let mut d = format!(
+        "{} seed{} of {} model{}",
+        t.strata.len(),
+        if t.strata.len() == 1 { "" } else { "s" },
+        sizes.join(", "),
+        if t.strata.iter().all(|n| *n == 1) {
+            ""
+        } else {
+            "s"
+        }
+    );
+    if !t.dropped.is_empty() {
+        d.push_str(&format!(
+            "; {} seed(s) without variation left out",
+            t.dropped.len()
+        ));
+    }
+    d
+}
+
+fn orderings_text(n: u64) -> String {
+    if n == u64::MAX {
+        "more than 1.8e19".into()
+    } else if n >= 1_000_000 {
+        format!("{n:.1e}")
+    } else {
+        n.to_string()
+    }
+}
+
+/// A within-seed rank test of `x` against `y` in the claimed direction `sign`; its verdict is
+/// set by [`decide`].
 #[allow(clippy::too_many_arguments)]
-fn sub_test(
+fn rank_subtest(
     study: &Study,
     opts: &ReportOptions,
     name: String,
@@ -130,21 +323,16 @@ fn sub_test(
     headers: (&str, &str),
     evidence: &mut String,
 ) -> SubTest {
-    let (mut obs, unit) = pair(x, y);
-    // Report order (base, methods as first seen, ablation arms by length), then seed.
-    let rank = |id: &ModelId| study.models.iter().position(|m| &m.id == id);
-    obs.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(a.1.cmp(&b.1)));
-    let claimed = if sign > 0.0 { "positive" } else { "negative" };
-    if obs.is_empty() {
-        return SubTest {
+    let (x, y) = (gated(study, x.clone()), gated(study, y.clone()));
+    let (strata, rows) = strata(study, &x, &y);
+    if rows.is_empty() {
+        return SubTest::not_testable(
             name,
-            verdict: Verdict::NotTestable,
-            reason: "no model has both numbers".into(),
-            test: None,
-        };
+            "no (model, seed) that passed the adaptation gate has both numbers".into(),
+        );
     }
-    evidence.push_str(&format!("\n{name} (one row per {unit}):\n\n"));
-    let rows: Vec<Vec<String>> = obs
+    evidence.push_str(&format!("\n{name} (one row per model and seed):\n\n"));
+    let table: Vec<Vec<String>> = rows
         .iter()
         .map(|(id, seed, vx, vy)| {
             vec![
@@ -162,83 +350,48 @@ fn sub_test(
             headers.0.into(),
             headers.1.into(),
         ],
-        &rows,
+        &table,
         &[Align::Left, Align::Right, Align::Right, Align::Right],
     ));
-    let xs: Vec<f64> = obs.iter().map(|o| o.2).collect();
-    let ys: Vec<f64> = obs.iter().map(|o| o.3).collect();
-    let n = obs.len();
-    let Some(t) = rank_test(&xs, &ys, sign, opts.resamples, opts.bootstrap_seed) else {
-        return SubTest {
+    match stratified_rank_test(&strata, opts.resamples, opts.bootstrap_seed) {
+        Ok(t) => SubTest {
             name,
             verdict: Verdict::Inconclusive,
-            reason: format!("inconclusive: rank correlation undefined (no variation), n = {n}"),
+            reason: String::new(),
+            test: Some(TestStats {
+                statistic: "mean within-seed Spearman ρ",
+                value: t.rho,
+                null: 0.0,
+                interval: t.interval,
+                n: t.n,
+                p: t.p,
+                p_holm: f64::NAN,
+                min_p: t.min_p,
+                method: if t.exact {
+                    format!("exact over {} within-seed orderings", t.orderings)
+                } else {
+                    format!(
+                        "{} random within-seed orderings of {}",
+                        opts.resamples,
+                        orderings_text(t.orderings)
+                    )
+                },
+                design: design_text(&t),
+            }),
+            sign,
+        },
+        Err(e) => SubTest {
+            name,
+            verdict: Verdict::Inconclusive,
+            reason: format!("inconclusive: {e} (n = {})", rows.len()),
             test: None,
-        };
-    };
-    let p = if t.p < 0.001 {
-        "p < 0.001".to_string()
-    } else {
-        format!("p = {:.3}", t.p)
-    };
-    let stats = format!(
-        "Spearman ρ = {:.2}, n = {n}, one-sided {p}{}",
-        t.rho,
-        if t.exact {
-            " (exact)"
-        } else {
-            " (permutation)"
-        }
-    );
-    let (verdict, reason) = if n < MIN_N {
-        (
-            Verdict::Inconclusive,
-            format!("inconclusive (n too small: {n} < {MIN_N}): {stats}"),
-        )
-    } else if sign * t.rho <= 0.0 {
-        (
-            Verdict::DoesNotReproduce,
-            format!("does not reproduce: the claimed correlation is {claimed}, observed {stats}"),
-        )
-    } else if t.p <= opts.alpha {
-        (
-            Verdict::Reproduces,
-            format!("reproduces: {stats}, α = {}", opts.alpha),
-        )
-    } else {
-        (
-            Verdict::Inconclusive,
-            format!(
-                "inconclusive: {claimed} as claimed but p > α = {}: {stats}",
-                opts.alpha
-            ),
-        )
-    };
-    SubTest {
-        name,
-        verdict,
-        reason,
-        test: Some(t),
-    }
-}
-
-/// The overall verdict of sub-tests (see the module doc).
-fn combine(subtests: &[SubTest]) -> Verdict {
-    let count = |v: Verdict| subtests.iter().filter(|s| s.verdict == v).count();
-    let (yes, no) = (count(Verdict::Reproduces), count(Verdict::DoesNotReproduce));
-    if subtests.iter().all(|s| s.verdict == Verdict::NotTestable) {
-        Verdict::NotTestable
-    } else if yes > 0 && no == 0 {
-        Verdict::Reproduces
-    } else if no > 0 && yes == 0 {
-        Verdict::DoesNotReproduce
-    } else {
-        Verdict::Inconclusive
+            sign,
+        },
     }
 }
 
 /// Per (model, seed), the geometric mean of a positive metric (perplexity) or the mean (others)
-/// over `lengths`; models missing a length for a seed are left out for that seed.
+/// over `lengths`; a seed missing a length is left out.
 fn over_lengths(m: &Metric, ids: &[&ModelId], lengths: &[i64], geometric: bool) -> Obs {
     let mut out = Obs::new();
     for id in ids {
@@ -288,22 +441,25 @@ fn lengths_text(ls: &[i64]) -> String {
         .join(", ")
 }
 
-/// The extrapolation sub-tests shared by findings 1 and 3: `x` against PPL, copy PPL and
-/// needle accuracy beyond `limit`.
-#[allow(clippy::too_many_arguments)]
-fn extrapolation_tests(
+/// An extrapolation outcome beyond a length: name, per-(model, seed) value, claimed sign
+/// relative to "more of x", decimals and column header.
+struct Outcome {
+    what: &'static str,
+    values: Result<Obs, String>,
+    sign: f64,
+    decimals: usize,
+    header: String,
+}
+
+/// PPL, copy PPL (when the corpus has recall tokens) and needle accuracy beyond `limit`, each
+/// over the lengths above it that every model has (geometric mean for perplexities).
+fn outcomes_beyond(
     study: &Study,
     opts: &ReportOptions,
     ids: &[&ModelId],
-    x: &Obs,
-    x_name: &str,
-    x_sign: f64,
-    x_decimals: usize,
     limit: i64,
-    evidence: &mut String,
-) -> Vec<SubTest> {
-    let mut out = Vec::new();
-    let metrics: [(&str, Metric, bool, f64, &str); 3] = [
+) -> Vec<Outcome> {
+    let metrics: [(&'static str, Metric, bool, f64, &str); 3] = [
         (
             "PPL",
             study.ppl_metric(&opts.ppl_mode, false),
@@ -326,83 +482,180 @@ fn extrapolation_tests(
             "`needle`",
         ),
     ];
+    let mut out = Vec::new();
     for (what, m, geometric, sign, table) in metrics {
-        let name = format!("{x_name} vs {what} beyond {limit}");
         if m.is_empty() {
             // Copy PPL is optional: a corpus without recall tokens simply has none.
             if what != "copy PPL" {
-                out.push(SubTest {
-                    name,
-                    verdict: Verdict::NotTestable,
-                    reason: format!("not testable: {table} has no rows for these models"),
-                    test: None,
+                out.push(Outcome {
+                    what,
+                    values: Err(format!("{table} has no rows for these models")),
+                    sign,
+                    decimals: 3,
+                    header: String::new(),
                 });
             }
             continue;
         }
         let lengths = common_lengths_above(&m, ids, limit);
-        if lengths.is_empty() {
-            out.push(SubTest {
-                name,
-                verdict: Verdict::NotTestable,
-                reason: format!(
-                    "not testable: no {what} length above {limit} common to these models"
-                ),
-                test: None,
-            });
-            continue;
-        }
-        let y = over_lengths(&m, ids, &lengths, geometric);
-        let label = if geometric {
-            format!("{what} (geo. mean over {})", lengths_text(&lengths))
+        let values = if lengths.is_empty() {
+            Err(format!(
+                "no {what} length above {limit} common to these models"
+            ))
         } else {
-            format!("{what} (mean over {})", lengths_text(&lengths))
+            Ok(over_lengths(&m, ids, &lengths, geometric))
         };
-        out.push(sub_test(
-            study,
-            opts,
-            name,
-            x,
-            &y,
-            x_sign * sign,
-            (x_decimals, if geometric { 2 } else { 3 }),
-            (x_name, &label),
-            evidence,
-        ));
+        out.push(Outcome {
+            what,
+            values,
+            sign,
+            decimals: if geometric { 2 } else { 3 },
+            header: format!(
+                "{what} ({} over {})",
+                if geometric { "geo. mean" } else { "mean" },
+                lengths_text(&lengths)
+            ),
+        });
     }
     out
 }
 
-/// The count of sub-test verdicts, e.g. "2 of 3 testable sub-tests reproduce, none contradicts
-/// the claim, 1 inconclusive."
-fn summary_of(subtests: &[SubTest]) -> String {
-    let count = |v: Verdict| subtests.iter().filter(|s| s.verdict == v).count();
-    let testable = subtests.len() - count(Verdict::NotTestable);
-    let mut parts = vec![format!(
-        "{} of {testable} testable sub-tests reproduce",
-        count(Verdict::Reproduces)
-    )];
-    parts.push(match count(Verdict::DoesNotReproduce) {
-        0 => "none contradicts the claim".to_string(),
-        k => format!("{k} contradict the claim"),
-    });
-    let inconclusive = count(Verdict::Inconclusive);
-    if inconclusive > 0 {
-        parts.push(format!("{inconclusive} inconclusive"));
+/// The extrapolation sub-tests shared by findings 1 and 3: `x` against each outcome.
+#[allow(clippy::too_many_arguments)]
+fn extrapolation_tests(
+    study: &Study,
+    opts: &ReportOptions,
+    ids: &[&ModelId],
+    x: &Obs,
+    x_name: &str,
+    x_sign: f64,
+    x_decimals: usize,
+    limit: i64,
+    evidence: &mut String,
+) -> Vec<SubTest> {
+    outcomes_beyond(study, opts, ids, limit)
+        .into_iter()
+        .map(|o| {
+            let name = format!("{x_name} vs {} beyond {limit}", o.what);
+            match &o.values {
+                Err(why) => SubTest::not_testable(name, why.clone()),
+                Ok(y) => rank_subtest(
+                    study,
+                    opts,
+                    name,
+                    x,
+                    y,
+                    x_sign * o.sign,
+                    (x_decimals, o.decimals),
+                    (x_name, &o.header),
+                    evidence,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// How finding 1 measures "keeps the pretrained attention pattern".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JsVariant {
+    /// Mean over (layer, head) of the JS between the two heads' distance distributions.
+    PerHead,
+    /// Mean over layers of the JS between the layers' distance distributions (heads pooled).
+    PerLayer,
+    /// JS between the distance distributions of all heads and layers pooled.
+    Pooled,
+    /// The `attention` stage's `attention_divergence.js_nats`: mean probability per bucket,
+    /// renormalised over the buckets both cover (every bucket weighs the same).
+    Stage,
+}
+
+impl JsVariant {
+    const ALL: [JsVariant; 4] = [Self::PerHead, Self::PerLayer, Self::Pooled, Self::Stage];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::PerHead => "JS per head (mean)",
+            Self::PerLayer => "JS per layer (mean)",
+            Self::Pooled => "JS pooled",
+            Self::Stage => "JS of mean probability per bucket (stage)",
+        }
     }
-    let untestable = count(Verdict::NotTestable);
-    if untestable > 0 {
-        parts.push(format!("{untestable} not testable"));
+}
+
+/// JS divergence of each adapted method (per seed) at `length` against the base model of the
+/// same seed at the pretrained length `pre`, on the same validation windows.
+fn js_obs(
+    study: &Study,
+    profiles: &MassProfiles,
+    ids: &[&ModelId],
+    length: i64,
+    pre: i64,
+    variant: JsVariant,
+) -> Obs {
+    let mut out = Obs::new();
+    if variant == JsVariant::Stage {
+        let js = study.js_metric();
+        for id in ids {
+            if let Some(by_seed) = js.get(*id).and_then(|l| l.get(&length)) {
+                for (seed, v) in by_seed {
+                    out.insert(((*id).clone(), *seed), *v);
+                }
+            }
+        }
+        return out;
     }
-    parts.join(", ") + "."
+    let base: Vec<&super::data::ModelInfo> = study.group(Group::Base);
+    let Some(base) = base.first() else {
+        return out;
+    };
+    for ((id, seed, len), parts) in profiles {
+        if *len != length || !ids.contains(&id) {
+            continue;
+        }
+        // The base of the same seed, else the only base.
+        let reference =
+            profiles
+                .get(&(base.id.clone(), *seed, pre))
+                .or_else(|| match base.seeds.len() {
+                    0 => profiles.get(&(base.id.clone(), None, pre)),
+                    1 => profiles.get(&(base.id.clone(), base.seeds.first().copied(), pre)),
+                    _ => None,
+                });
+        let Some(reference) = reference else { continue };
+        let keep = |k: &(Option<i64>, Option<i64>)| match variant {
+            JsVariant::PerHead => k.0.is_some() && k.1.is_some(),
+            JsVariant::PerLayer => k.0.is_some() && k.1.is_none(),
+            _ => k.0.is_none() && k.1.is_none(),
+        };
+        let values: Vec<f64> = parts
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .filter_map(|(k, p)| {
+                let q = reference.get(k)?;
+                // The full distance distribution: buckets one side lacks hold no mass there.
+                let n = p.len().max(q.len());
+                let (mut p, mut q) = (p.clone(), q.clone());
+                p.resize(n, 0.0);
+                q.resize(n, 0.0);
+                js_divergence(&p, &q).ok()
+            })
+            .collect();
+        if !values.is_empty() {
+            out.insert(
+                (id.clone(), *seed),
+                values.iter().sum::<f64>() / values.len() as f64,
+            );
+        }
+    }
+    out
 }
 
 /// Finding 1: extensions that keep the pretrained attention pattern (low JS divergence against
 /// the base model) extrapolate better.
 pub fn finding1(study: &Study, opts: &ReportOptions) -> Finding {
     let claim = "Extensions that keep the pretrained attention pattern (low JS divergence from \
-                 the base model at its pretrained length) extrapolate better beyond the \
-                 fine-tuning length.";
+                 the base model at its pretrained length L, on the same inputs) extrapolate \
+                 better beyond the fine-tuning length.";
     let not_testable = |why: String| Finding {
         number: 1,
         claim,
@@ -411,251 +664,423 @@ pub fn finding1(study: &Study, opts: &ReportOptions) -> Finding {
         subtests: Vec::new(),
         evidence: String::new(),
     };
-    let methods = study.group(Group::Method);
-    if let Some(why) = study.absence("attention_divergence") {
-        return not_testable(why);
-    }
-    let js = study.js_metric();
-    let ids: Vec<&ModelId> = methods
-        .iter()
-        .map(|m| &m.id)
-        .filter(|id| js.contains_key(*id))
-        .collect();
-    if ids.len() < 2 {
+    if study.absence("attention_distance").is_some()
+        && study.absence("attention_divergence").is_some()
+    {
         return not_testable(format!(
-            "`attention_divergence` covers {} extension method(s); at least 2 are needed",
-            ids.len()
+            "{} and {}",
+            study.absence("attention_distance").unwrap_or_default(),
+            study.absence("attention_divergence").unwrap_or_default()
         ));
     }
-    let ft = methods
-        .iter()
-        .filter(|m| ids.contains(&&m.id))
-        .filter_map(|m| m.ft_length)
-        .max()
-        .or(study.pretrained_length.as_ref().map(|p| p.0));
-    let Some(ft) = ft else {
+    let Some(pre) = study.pretrained_length.as_ref().map(|p| p.0) else {
         return not_testable(
-            "neither the fine-tuning nor the pretrained length is known (set `finetune_length` \
-             or provide `train_log`)"
+            "the pretrained length is unknown (set `pretrained_length` or provide `train_log`)"
                 .into(),
         );
     };
-    // JS at the measured length nearest the fine-tuning length (log scale, ties to the shorter).
-    let mut x = Obs::new();
-    let mut js_lengths = Vec::new();
-    for id in &ids {
-        let by_len = &js[*id];
-        let Some(&len) = by_len.keys().min_by(|a, b| {
-            let da = ((**a as f64) / ft as f64).log2().abs();
-            let db = ((**b as f64) / ft as f64).log2().abs();
-            da.total_cmp(&db).then(a.cmp(b))
-        }) else {
-            continue;
-        };
-        js_lengths.push(len);
-        for (seed, v) in &by_len[&len] {
-            x.insert(((*id).clone(), *seed), *v);
-        }
-    }
-    js_lengths.sort_unstable();
-    js_lengths.dedup();
+    let methods: Vec<&super::data::ModelInfo> = study
+        .group(Group::Method)
+        .into_iter()
+        .filter(|m| m.shared_with.is_none())
+        .collect();
+    let ids: Vec<&ModelId> = methods.iter().map(|m| &m.id).collect();
+    let profiles = study.mass_profiles();
+    // The primary measure: the finest that the tables hold, at L.
+    let Some((primary, x)) = JsVariant::ALL.iter().find_map(|v| {
+        let o = js_obs(study, &profiles, &ids, pre, pre, *v);
+        let models: BTreeSet<&ModelId> = o.keys().map(|k| &k.0).collect();
+        (models.len() >= 2).then_some((*v, o))
+    }) else {
+        return not_testable(format!(
+            "fewer than 2 extension methods have an attention profile at the pretrained length \
+             {pre} to compare with the base model's"
+        ));
+    };
+    let ft = methods
+        .iter()
+        .filter_map(|m| m.ft_length)
+        .max()
+        .unwrap_or(pre);
     let mut evidence = format!(
-        "JS divergence measured at length {} (nearest the fine-tuning length {ft}); \
-         extrapolation measured at the lengths above {ft}; mode `{}` for PPL.\n",
-        lengths_text(&js_lengths),
+        "x = {} at the pretrained length {pre}: each method against the base model of its seed, \
+         on the same validation windows, over the full distribution of attention over distance \
+         buckets (each bucket weighing by the attention its keys receive). Extrapolation is \
+         measured at the lengths above the fine-tuning length {ft}; PPL mode `{}`.\n",
+        primary.name(),
         opts.ppl_mode
     );
-    let subtests = extrapolation_tests(
+    let mut subtests = extrapolation_tests(
         study,
         opts,
         &ids,
         &x,
-        "JS divergence (nats)",
+        primary.name(),
         1.0,
         4,
         ft,
         &mut evidence,
     );
-    let verdict = combine(&subtests);
+    decide(&mut subtests, opts.alpha);
+    evidence.push_str(&sensitivity(study, opts, &profiles, &ids, pre, ft));
     Finding {
         number: 1,
         claim,
-        verdict,
+        verdict: combine(&subtests),
         summary: summary_of(&subtests),
         subtests,
         evidence,
     }
 }
 
+/// Finding 1 under every JS measure and every measured length: rho and p per outcome, so a
+/// reader sees whether the verdict depends on the analysis choice. Descriptive (no verdicts).
+fn sensitivity(
+    study: &Study,
+    opts: &ReportOptions,
+    profiles: &MassProfiles,
+    ids: &[&ModelId],
+    pre: i64,
+    ft: i64,
+) -> String {
+    let mut lengths: BTreeSet<i64> = profiles.keys().map(|k| k.2).collect();
+    lengths.extend(study.attention_divergence.iter().map(|r| r.row.length));
+    let outcomes = outcomes_beyond(study, opts, ids, ft);
+    let mut rows = Vec::new();
+    // The adapted instances (what the verdict uses), then every instance with the gate
+    // ignored, so that a run where the gate leaves too few still shows the association.
+    for (gate, who) in [(true, "adapted"), (false, "all (gate ignored)")] {
+        let keep = |o: Obs| if gate { gated(study, o) } else { o };
+        for v in JsVariant::ALL {
+            for &len in &lengths {
+                let x = keep(js_obs(study, profiles, ids, len, pre, v));
+                if x.keys().map(|k| &k.0).collect::<BTreeSet<_>>().len() < 2 {
+                    continue;
+                }
+                let mut row = vec![who.to_string(), v.name().to_string(), len.to_string()];
+                for o in &outcomes {
+                    row.push(match &o.values {
+                        Err(_) => "–".into(),
+                        Ok(y) => {
+                            let (strata, _) = strata(study, &x, &keep(y.clone()));
+                            match stratified_rank_test(
+                                &strata,
+                                opts.resamples.min(2000),
+                                opts.bootstrap_seed,
+                            ) {
+                                Ok(t) => format!("{:.2} (p {})", t.rho, p_text(t.p)),
+                                Err(_) => "undefined".into(),
+                            }
+                        }
+                    });
+                }
+                rows.push(row);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut header = vec![
+        "instances".to_string(),
+        "JS measure".to_string(),
+        "at length".to_string(),
+    ];
+    header.extend(
+        outcomes
+            .iter()
+            .map(|o| format!("ρ vs {} beyond {ft}", o.what)),
+    );
+    let mut align = vec![Align::Left, Align::Left, Align::Right];
+    align.extend(outcomes.iter().map(|_| Align::Right));
+    format!(
+        "\nSensitivity of finding 1 to the analysis choices (mean within-seed Spearman ρ, \
+         two-sided permutation p, not Holm-corrected; descriptive, the verdict uses the first \
+         measure available at {pre} only). A positive ρ with PPL and a negative ρ with needle \
+         accuracy is the paper's direction:\n\n{}",
+        markdown_table(&header, &rows, &align)
+    )
+}
+
+fn hash_of(v: impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// One needle trial for finding 2.
+struct Trial {
+    id: ModelId,
+    seed: Option<i64>,
+    task: String,
+    length: i64,
+    depth_bits: u64,
+    entropy: f64,
+    failed: bool,
+}
+
+/// Needle trials with an entropy, each instance once (rows whose cache key was already seen
+/// under another stage or instance name are skipped); with `gate`, only adapted instances.
+fn trials(study: &Study, gate: bool) -> (Vec<Trial>, usize) {
+    let mut owner: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    let mut duplicates = BTreeSet::new();
+    let mut out = Vec::new();
+    for r in &study.needle {
+        let Some(h) = r.row.entropy_mean.filter(|h| h.is_finite()) else {
+            continue;
+        };
+        if let Some(k) = study.key_of(r) {
+            let first = *owner.entry(k).or_insert((&r.stage, &r.instance));
+            if first != (r.stage.as_str(), r.instance.as_str()) {
+                duplicates.insert((&r.stage, &r.instance));
+                continue;
+            }
+        }
+        let id = study.model_of(r);
+        if gate && !study.adapted(&id, r.seed()) {
+            continue;
+        }
+        out.push(Trial {
+            id,
+            seed: r.seed(),
+            task: r.row.task.clone(),
+            length: r.row.length,
+            depth_bits: r.row.depth.to_bits(),
+            entropy: h,
+            failed: !passed(&r.row),
+        });
+    }
+    (out, duplicates.len())
+}
+
+/// Stratified AUROC of `trials` (strata: instance, task, length; clusters: + depth).
+fn trial_auroc(trials: &[&Trial], opts: &ReportOptions) -> Option<ClusterEstimate> {
+    let scores: Vec<f64> = trials.iter().map(|t| t.entropy).collect();
+    let fails: Vec<bool> = trials.iter().map(|t| t.failed).collect();
+    let strata: Vec<u64> = trials
+        .iter()
+        .map(|t| hash_of((&t.id, t.seed, &t.task, t.length)))
+        .collect();
+    let clusters: Vec<u64> = trials
+        .iter()
+        .map(|t| hash_of((&t.id, t.seed, &t.task, t.length, t.depth_bits)))
+        .collect();
+    cluster_bootstrap_auroc(
+        &scores,
+        &fails,
+        &strata,
+        &clusters,
+        opts.resamples.clamp(1, 2000),
+        opts.bootstrap_seed,
+    )
+    .ok()
+}
+
+fn estimate_cells(e: Option<&ClusterEstimate>) -> [String; 2] {
+    match e {
+        Some(e) => [
+            format!("{:.3} [{:.3}, {:.3}]", e.value, e.lo, e.hi),
+            p_text(e.p).replace("= ", ""),
+        ],
+        None => ["undefined".into(), "–".into()],
+    }
+}
+
 /// Finding 2: high attention entropy coincides with retrieval errors.
 pub fn finding2(study: &Study, opts: &ReportOptions) -> Finding {
-    let claim = "High attention entropy coincides with retrieval errors: entropy predicts a \
-                 failed needle trial (AUROC > 0.5, interval excluding 0.5).";
-    // (model, seed, task, n, failures, auroc, lo, hi)
-    type Row = (
-        ModelId,
-        Option<i64>,
-        String,
-        i64,
-        i64,
-        Option<(f64, f64, f64)>,
-    );
-    let mut rows: Vec<Row> = Vec::new();
-    let source;
-    if study.has("entropy_vs_error") {
-        source = "`entropy_vs_error`".to_string();
-        let pooled = study.entropy_vs_error.iter().any(|r| r.row.task == "all");
-        for r in &study.entropy_vs_error {
-            if pooled && r.row.task != "all" {
-                continue;
-            }
-            let ci = match (r.row.auroc, r.row.auroc_lo, r.row.auroc_hi) {
-                (Some(a), Some(lo), Some(hi)) => Some((a, lo, hi)),
-                _ => None,
-            };
-            rows.push((
-                study.model_of(r),
-                r.seed(),
-                r.row.task.clone(),
-                r.row.n,
-                r.row.failures,
-                ci,
-            ));
-        }
-    } else if study.needle.iter().any(|r| r.row.entropy_mean.is_some()) {
-        source = "`needle` (entropy_vs_error is missing; AUROC computed here per model and task, \
-                  seeds pooled)"
-            .to_string();
-        let mut groups: BTreeMap<(ModelId, String), (Vec<f64>, Vec<bool>)> = BTreeMap::new();
-        for r in &study.needle {
-            if let Some(h) = r.row.entropy_mean.filter(|h| h.is_finite()) {
-                let e = groups
-                    .entry((study.model_of(r), r.row.task.clone()))
-                    .or_default();
-                e.0.push(h);
-                e.1.push(!passed(&r.row));
-            }
-        }
-        let config = BootstrapConfig {
-            resamples: opts.resamples.clamp(1, 2000),
-            level: 0.95,
-            seed: opts.bootstrap_seed,
+    let claim = "High attention entropy coincides with retrieval errors: within a context \
+                 length, a needle trial that fails has higher answer entropy than one that \
+                 passes (AUROC > 0.5).";
+    let name = "stratified AUROC of answer entropy for failure, all adapted instances".to_string();
+    let (all, duplicates) = trials(study, true);
+    if all.is_empty() {
+        let why = if study.needle.iter().any(|r| r.row.entropy_mean.is_some()) {
+            "no adapted model instance has needle trials with an entropy".to_string()
+        } else {
+            format!(
+                "{}`needle` has no `entropy_mean`",
+                study
+                    .absence("needle")
+                    .map(|w| format!("{w}; "))
+                    .unwrap_or_default()
+            )
         };
-        for ((id, task), (scores, fails)) in groups {
-            let Ok(s) = score_vs_outcome(&scores, &fails, &config) else {
-                continue;
-            };
-            rows.push((
-                id,
-                None,
-                task,
-                s.n as i64,
-                s.positives as i64,
-                s.auroc.ok().map(|e| (e.value, e.lo, e.hi)),
-            ));
-        }
-    } else {
-        let why = study.absence("entropy_vs_error").unwrap_or_default();
         return Finding {
             number: 2,
             claim,
             verdict: Verdict::NotTestable,
-            summary: format!(
-                "not testable: {why}, and `needle` has no `entropy_mean` to compute it from"
-            ),
-            subtests: Vec::new(),
+            summary: format!("not testable: {why}"),
+            subtests: vec![SubTest::not_testable(name, why)],
             evidence: String::new(),
         };
     }
-    let table_rows: Vec<Vec<String>> = rows
+    let refs: Vec<&Trial> = all.iter().collect();
+    let instances: BTreeSet<(&ModelId, Option<i64>)> =
+        all.iter().map(|t| (&t.id, t.seed)).collect();
+    let mut subtest = match trial_auroc(&refs, opts) {
+        Some(e) => SubTest {
+            name,
+            verdict: Verdict::Inconclusive,
+            reason: String::new(),
+            test: Some(TestStats {
+                statistic: "stratified AUROC",
+                value: e.value,
+                null: 0.5,
+                interval: Some((e.lo, e.hi)),
+                n: all.len(),
+                p: e.p,
+                p_holm: f64::NAN,
+                min_p: 2.0 / (1.0 + e.resamples as f64),
+                method: format!(
+                    "bootstrap over {} needle cells, {} resamples",
+                    e.clusters, e.resamples
+                ),
+                design: format!(
+                    "{} trials of {} model instances, pairs within (instance, length)",
+                    all.len(),
+                    instances.len()
+                ),
+            }),
+            sign: 1.0,
+        },
+        None => SubTest {
+            name,
+            verdict: Verdict::Inconclusive,
+            reason: "inconclusive: no (instance, length) has both passed and failed trials, \
+                     so the AUROC is undefined"
+                .into(),
+            test: None,
+            sign: 1.0,
+        },
+    };
+    decide(std::slice::from_mut(&mut subtest), opts.alpha);
+    let mut evidence = format!(
+        "Trials: the `needle` rows with an answer entropy of the {} model instances that passed \
+         the adaptation gate{}. The AUROC counts only (failed, passed) pairs of the same model \
+         instance, task and context length, so length, which raises both entropy and failures, \
+         cannot create the association; intervals and p-values come from resampling whole \
+         needle cells (instance, task, length, depth).\n\n",
+        instances.len(),
+        if duplicates > 0 {
+            format!(
+                "; {duplicates} instance(s) whose cache key was already counted under another \
+                 stage are left out (the same measurement)"
+            )
+        } else {
+            String::new()
+        }
+    );
+    // Within each length (pooled over instances), Holm over the lengths.
+    let lengths: BTreeSet<i64> = all.iter().map(|t| t.length).collect();
+    let per_len: Vec<(i64, usize, usize, Option<ClusterEstimate>)> = lengths
         .iter()
-        .map(|(id, seed, task, n, f, ci)| {
-            let verdict = match ci {
-                None => "undefined".to_string(),
-                Some((_, lo, _)) if *lo > 0.5 => "above 0.5".into(),
-                Some((_, _, hi)) if *hi < 0.5 => "below 0.5".into(),
-                Some(_) => "spans 0.5".into(),
-            };
+        .map(|&l| {
+            let sel: Vec<&Trial> = all.iter().filter(|t| t.length == l).collect();
+            let fails = sel.iter().filter(|t| t.failed).count();
+            (l, sel.len(), fails, trial_auroc(&sel, opts))
+        })
+        .collect();
+    let defined: Vec<f64> = per_len
+        .iter()
+        .filter_map(|r| r.3.as_ref().map(|e| e.p))
+        .collect();
+    let mut adjusted = holm(&defined).into_iter();
+    let rows: Vec<Vec<String>> = per_len
+        .iter()
+        .map(|(l, n, f, e)| {
+            let [a, p] = estimate_cells(e.as_ref());
+            let adj = e
+                .as_ref()
+                .and_then(|_| adjusted.next())
+                .map(|a| p_text(a).replace("= ", ""))
+                .unwrap_or_else(|| "–".into());
+            vec![l.to_string(), n.to_string(), f.to_string(), a, p, adj]
+        })
+        .collect();
+    evidence.push_str("Within each context length (pairs within an instance):\n\n");
+    evidence.push_str(&markdown_table(
+        &[
+            "length",
+            "trials",
+            "failures",
+            "AUROC [95% CI]",
+            "p",
+            "Holm p",
+        ]
+        .map(String::from),
+        &rows,
+        &[
+            Align::Right,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+        ],
+    ));
+    // Per model (seeds pooled, pairs within a seed and length).
+    let ids: BTreeSet<&ModelId> = all.iter().map(|t| &t.id).collect();
+    let mut ids: Vec<&ModelId> = ids.into_iter().collect();
+    let rank = |id: &ModelId| study.models.iter().position(|m| &m.id == id);
+    ids.sort_by_key(|id| rank(id));
+    let rows: Vec<Vec<String>> = ids
+        .iter()
+        .map(|id| {
+            let sel: Vec<&Trial> = all.iter().filter(|t| &t.id == *id).collect();
+            let fails = sel.iter().filter(|t| t.failed).count();
+            let [a, p] = estimate_cells(trial_auroc(&sel, opts).as_ref());
             vec![
                 study.label(id),
-                seed.map(|s| s.to_string()).unwrap_or_else(|| "–".into()),
-                task.clone(),
-                n.to_string(),
-                f.to_string(),
-                ci.map(|c| format!("{:.3} [{:.3}, {:.3}]", c.0, c.1, c.2))
-                    .unwrap_or_else(|| "–".into()),
-                verdict,
+                sel.len().to_string(),
+                fails.to_string(),
+                a,
+                p,
             ]
         })
         .collect();
-    let mut evidence = format!("Source: {source}.\n\n");
+    evidence.push_str("\nPer model (its adapted seeds; pairs within a seed and length):\n\n");
     evidence.push_str(&markdown_table(
-        &[
-            "model",
-            "seed",
-            "task",
-            "n",
-            "failures",
-            "AUROC [95% CI]",
-            "interval",
-        ]
-        .map(String::from),
-        &table_rows,
+        &["model", "trials", "failures", "AUROC [95% CI]", "p"].map(String::from),
+        &rows,
         &[
             Align::Left,
             Align::Right,
-            Align::Left,
             Align::Right,
             Align::Right,
             Align::Right,
-            Align::Left,
         ],
     ));
-    let defined: Vec<(f64, f64, f64)> = rows.iter().filter_map(|r| r.5).collect();
-    let k = defined.len();
-    let above = defined.iter().filter(|c| c.1 > 0.5).count();
-    let below = defined.iter().filter(|c| c.2 < 0.5).count();
-    let mut aurocs: Vec<f64> = defined.iter().map(|c| c.0).collect();
-    aurocs.sort_by(f64::total_cmp);
-    let median = if k == 0 {
-        f64::NAN
-    } else if k % 2 == 1 {
-        aurocs[k / 2]
-    } else {
-        (aurocs[k / 2 - 1] + aurocs[k / 2]) / 2.0
-    };
-    let counts = format!(
-        "{above} of {k} model rows have an AUROC interval above 0.5, {below} below; median AUROC \
-         {median:.3}"
+    // Descriptive contrasts: every instance regardless of the gate, and pooling over lengths.
+    let (ungated, _) = trials(study, false);
+    let ungated_refs: Vec<&Trial> = ungated.iter().collect();
+    let pooled = auroc(
+        &all.iter().map(|t| t.entropy).collect::<Vec<_>>(),
+        &all.iter().map(|t| t.failed).collect::<Vec<_>>(),
     );
-    let (verdict, summary) = if k == 0 {
-        (
-            Verdict::Inconclusive,
-            format!(
-                "inconclusive: no model has both passed and failed trials ({} rows), so AUROC \
-                 is undefined",
-                rows.len()
+    evidence.push_str(&format!(
+        "\nFor contrast (descriptive, not tests): every distinct instance, gate ignored: {}; the \
+         adapted trials pooled over lengths and instances (the confounded form): {}.\n",
+        match trial_auroc(&ungated_refs, opts) {
+            Some(e) => format!(
+                "stratified AUROC {:.3} [{:.3}, {:.3}] over {} trials",
+                e.value,
+                e.lo,
+                e.hi,
+                ungated.len()
             ),
-        )
-    } else if 2 * above >= k && below == 0 {
-        (Verdict::Reproduces, format!("reproduces: {counts}"))
-    } else if above == 0 && (below > 0 || median <= 0.5) {
-        (
-            Verdict::DoesNotReproduce,
-            format!("does not reproduce: {counts}"),
-        )
-    } else {
-        (
-            Verdict::Inconclusive,
-            format!("inconclusive (intervals span 0.5 or disagree): {counts}"),
-        )
-    };
+            None => "undefined".into(),
+        },
+        match pooled {
+            Ok(a) => format!("AUROC {a:.3}"),
+            Err(e) => e.to_string(),
+        }
+    ));
     Finding {
         number: 2,
         claim,
-        verdict,
-        summary,
-        subtests: Vec::new(),
+        verdict: subtest.verdict,
+        summary: subtest.reason.clone(),
+        subtests: vec![subtest],
         evidence,
     }
 }
@@ -664,14 +1089,13 @@ pub fn finding2(study: &Study, opts: &ReportOptions) -> Finding {
 /// improves extrapolation.
 pub fn finding3(study: &Study, opts: &ReportOptions) -> Finding {
     let claim = "A longer continual-pretraining length (same token budget) lowers attention \
-                 entropy and improves extrapolation.";
+                 entropy and improves extrapolation beyond the longest arm's training length.";
     let arms: Vec<_> = study
         .group(Group::Ablation)
         .into_iter()
         .filter(|m| m.ft_length.is_some())
         .collect();
-    let lengths: std::collections::BTreeSet<i64> =
-        arms.iter().filter_map(|m| m.ft_length).collect();
+    let lengths: BTreeSet<i64> = arms.iter().filter_map(|m| m.ft_length).collect();
     if lengths.len() < 2 {
         return Finding {
             number: 3,
@@ -689,7 +1113,7 @@ pub fn finding3(study: &Study, opts: &ReportOptions) -> Finding {
     }
     let ids: Vec<&ModelId> = arms.iter().map(|m| &m.id).collect();
     let max_ft = *lengths.iter().max().expect("two lengths");
-    // x: the fine-tuning length of each (arm, seed) that has any observation.
+    // x: the fine-tuning length of each (arm, seed).
     let mut x = Obs::new();
     for m in &arms {
         let ft = m.ft_length.expect("filtered") as f64;
@@ -701,10 +1125,17 @@ pub fn finding3(study: &Study, opts: &ReportOptions) -> Finding {
         }
     }
     let mut evidence = format!(
-        "Arms: {}. Extrapolation measured at the lengths above the longest fine-tuning length \
-         {max_ft}.\n",
+        "Arms: {}. Entropy and extrapolation are measured at the lengths above the longest \
+         arm's fine-tuning length {max_ft}, where no arm was trained.\n",
         arms.iter()
-            .map(|m| format!("{} ({})", m.label, m.ft_length.unwrap_or_default()))
+            .map(|m| {
+                let shared = m
+                    .shared_with
+                    .as_ref()
+                    .map(|s| format!(", the same instance as {}", study.label(s)))
+                    .unwrap_or_default();
+                format!("{} ({}{shared})", m.label, m.ft_length.unwrap_or_default())
+            })
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -728,36 +1159,37 @@ pub fn finding3(study: &Study, opts: &ReportOptions) -> Finding {
         ));
     }
     let mut subtests = Vec::new();
-    // Entropy: attention entropy at the longest length every arm has, else needle entropy.
     let (entropy, source) = if study.has("attention_entropy") {
         (study.attention_entropy_metric(), "attention entropy")
     } else {
         (study.needle_entropy(), "needle answer entropy")
     };
-    let common: Vec<i64> = common_lengths_above(&entropy, &ids, i64::MIN);
-    match common.last() {
-        Some(&len) => {
-            let y = over_lengths(&entropy, &ids, &[len], false);
-            subtests.push(sub_test(
-                study,
-                opts,
-                format!("fine-tuning length vs {source} at {len}"),
-                &x,
-                &y,
-                -1.0,
-                (0, 3),
-                ("fine-tuning length", &format!("{source} (nats)")),
-                &mut evidence,
-            ));
-        }
-        None => subtests.push(SubTest {
-            name: "fine-tuning length vs entropy".into(),
-            verdict: Verdict::NotTestable,
-            reason: "not testable: neither `attention_entropy` nor `needle.entropy_mean` covers \
-                     every arm at a common length"
-                .into(),
-            test: None,
-        }),
+    let beyond = common_lengths_above(&entropy, &ids, max_ft);
+    let name = format!("fine-tuning length vs {source} beyond {max_ft}");
+    if beyond.is_empty() {
+        subtests.push(SubTest::not_testable(
+            name,
+            format!(
+                "no {source} is measured above {max_ft} for every arm (at {max_ft} the longest \
+                 arm is in distribution)"
+            ),
+        ));
+    } else {
+        let y = over_lengths(&entropy, &ids, &beyond, false);
+        subtests.push(rank_subtest(
+            study,
+            opts,
+            name,
+            &x,
+            &y,
+            -1.0,
+            (0, 3),
+            (
+                "fine-tuning length",
+                &format!("{source} (nats, mean over {})", lengths_text(&beyond)),
+            ),
+            &mut evidence,
+        ));
     }
     subtests.extend(extrapolation_tests(
         study,
@@ -770,13 +1202,80 @@ pub fn finding3(study: &Study, opts: &ReportOptions) -> Finding {
         max_ft,
         &mut evidence,
     ));
-    let verdict = combine(&subtests);
+    decide(&mut subtests, opts.alpha);
     Finding {
         number: 3,
         claim,
-        verdict,
+        verdict: combine(&subtests),
         summary: summary_of(&subtests),
         subtests,
         evidence,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ran(p: f64, min_p: f64, value: f64, sign: f64) -> SubTest {
+        SubTest {
+            name: "t".into(),
+            verdict: Verdict::Inconclusive,
+            reason: String::new(),
+            test: Some(TestStats {
+                statistic: "ρ",
+                value,
+                null: 0.0,
+                interval: None,
+                n: 9,
+                p,
+                p_holm: f64::NAN,
+                min_p,
+                method: "exact".into(),
+                design: "3 seeds".into(),
+            }),
+            sign,
+        }
+    }
+
+    #[test]
+    fn verdicts_are_symmetric_and_holm_corrected() {
+        // Claimed positive: a significant negative effect contradicts, a positive one reproduces.
+        let mut s = vec![ran(0.001, 0.0001, 0.9, 1.0)];
+        decide(&mut s, 0.05);
+        assert_eq!(s[0].verdict, Verdict::Reproduces, "{}", s[0].reason);
+        let mut s = vec![ran(0.001, 0.0001, -0.9, 1.0)];
+        decide(&mut s, 0.05);
+        assert_eq!(s[0].verdict, Verdict::DoesNotReproduce, "{}", s[0].reason);
+        // A wrong sign without evidence is inconclusive, not a contradiction.
+        let mut s = vec![ran(0.4, 0.0001, -0.3, 1.0)];
+        decide(&mut s, 0.05);
+        assert_eq!(s[0].verdict, Verdict::Inconclusive);
+        // Holm: 0.03 alone reproduces; with two more tests its adjusted p is 0.09.
+        let mut s = vec![
+            ran(0.03, 0.0001, 0.5, 1.0),
+            ran(0.5, 0.0001, 0.1, 1.0),
+            ran(0.6, 0.0001, 0.1, 1.0),
+        ];
+        decide(&mut s, 0.05);
+        assert_eq!(s[0].verdict, Verdict::Inconclusive, "{}", s[0].reason);
+        assert!((s[0].test.as_ref().unwrap().p_holm - 0.09).abs() < 1e-12);
+        assert_eq!(combine(&s), Verdict::Inconclusive);
+        // A design that cannot reach alpha says so, whatever the observed p.
+        let mut s = vec![ran(0.5, 0.5, -1.0, -1.0), ran(0.5, 0.5, -1.0, -1.0)];
+        decide(&mut s, 0.05);
+        assert!(s.iter().all(|t| t.verdict == Verdict::NotTestableByDesign));
+        assert!(
+            s[0].reason.starts_with(
+                "not testable with this design: the smallest two-sided p it can give is 0.500"
+            ),
+            "{}",
+            s[0].reason
+        );
+        assert_eq!(combine(&s), Verdict::NotTestableByDesign);
+        assert_eq!(
+            Verdict::NotTestableByDesign.to_string(),
+            "not testable with this design"
+        );
     }
 }

@@ -51,13 +51,19 @@ pub struct ReportOptions {
     /// The perplexity mode (`truncate` or `sliding`) used by the main plot and the findings;
     /// only `truncate` evaluates whole windows at the stated length.
     pub ppl_mode: String,
-    /// Significance level of the findings' one-sided tests.
+    /// Significance level of the findings' two-sided tests, after Holm's correction over each
+    /// finding's sub-tests: a verdict for or against the claim needs an adjusted p at most
+    /// `alpha`.
     pub alpha: f64,
-    /// Random permutations of the rank-correlation test when exact enumeration is too large
-    /// (more than 8 observations), and bootstrap resamples of the entropy-vs-error fallback.
+    /// Random within-seed permutations of the rank tests when exact enumeration is too large
+    /// (more than 200,000 orderings); bootstrap resamples of the intervals (at most 2000).
     pub resamples: usize,
-    /// Seed of the permutation test and the bootstrap.
+    /// Seed of the permutation tests and the bootstraps.
     pub bootstrap_seed: u64,
+    /// The adaptation gate: a fine-tuned model (per seed) enters the findings' tests only when
+    /// its needle accuracy is at least this at the pretrained length and at its fine-tuning
+    /// length; the base only when it reaches it at the pretrained length. 0 disables the gate.
+    pub adaptation_gate: f64,
 }
 
 impl Default for ReportOptions {
@@ -83,6 +89,7 @@ impl Default for ReportOptions {
             alpha: 0.05,
             resamples: 10_000,
             bootstrap_seed: 0,
+            adaptation_gate: 0.9,
         }
     }
 }
@@ -160,6 +167,24 @@ impl Classifier {
 }
 
 impl Classifier {
+    /// The model of a row that lineage shows is not the base: an ablation arm when the
+    /// `ablation` patterns match, else a method.
+    pub fn non_base(
+        &self,
+        stage: &str,
+        instance: &str,
+        matrix: &[(String, serde_json::Value)],
+    ) -> ModelId {
+        let hit = self
+            .ablation
+            .iter()
+            .any(|p| p.matches(stage) || p.matches(instance));
+        ModelId {
+            group: if hit { Group::Ablation } else { Group::Method },
+            variant: self.variant(instance, matrix),
+        }
+    }
+
     /// [`variant_of`], also without the labels of the ignored axes' values.
     fn variant(&self, instance: &str, matrix: &[(String, serde_json::Value)]) -> String {
         let ignored: Vec<String> = self

@@ -1,0 +1,209 @@
+//! The runner's record of which instance is which: `runs.parquet` gives every instance's cache
+//! key and, from the `needs` column, the keys of the instances it was built from.
+//!
+//! The report uses it for three things names cannot tell reliably:
+//! - **one instance, counted once**: two stages can resolve to the same cache key (the
+//!   ablation's 4L arm is the NTK x4 method fine-tuned at 4L); rows with a key already seen are
+//!   the same measurement and are not pooled twice;
+//! - **the base model**: the train instances that other instances name as `init` and that have
+//!   no `init` of their own;
+//! - **the base of each fine-tuned instance**: its `init` key, so that its attention profile is
+//!   compared with the base it was fine-tuned from.
+//!
+//! Files written before the `needs` column existed give keys only; the report then falls back
+//! to the name patterns for the base and says so.
+
+use crate::pipeline::results::read_parquet;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::DataType;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// One instance of the run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunInfo {
+    /// The instance's cache key.
+    pub key: String,
+    /// Need name -> the keys it resolved to; `None` in files without the `needs` column.
+    pub needs: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// Every instance of `runs.parquet` by (stage, instance).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lineage {
+    /// By (stage, instance name).
+    pub runs: BTreeMap<(String, String), RunInfo>,
+}
+
+impl Lineage {
+    /// Reads `runs.parquet`; the error names the file and column.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let (_, batches) = read_parquet(path).map_err(|e| e.to_string())?;
+        let mut runs = BTreeMap::new();
+        for batch in &batches {
+            let col = |name: &str| -> Result<Option<Vec<Option<String>>>, String> {
+                let Some(a) = batch.column_by_name(name) else {
+                    return Ok(None);
+                };
+                let cast = arrow::compute::cast(a, &DataType::Utf8)
+                    .map_err(|e| format!("{}: column `{name}`: {e}", path.display()))?;
+                let s = cast.as_string::<i32>();
+                Ok(Some(
+                    (0..s.len())
+                        .map(|i| (!s.is_null(i)).then(|| s.value(i).to_string()))
+                        .collect(),
+                ))
+            };
+            let required = |name: &str| {
+                col(name)?.ok_or_else(|| format!("{}: no column `{name}`", path.display()))
+            };
+            let (stages, instances, keys) =
+                (required("stage")?, required("instance")?, required("key")?);
+            let needs = col("needs")?;
+            for i in 0..batch.num_rows() {
+                let needs = match needs.as_ref().and_then(|n| n[i].as_ref()) {
+                    Some(text) => Some(serde_json::from_str(text).map_err(|e| {
+                        format!("{}: row {i}: column `needs`: {e}", path.display())
+                    })?),
+                    None => None,
+                };
+                runs.insert(
+                    (
+                        stages[i].clone().unwrap_or_default(),
+                        instances[i].clone().unwrap_or_default(),
+                    ),
+                    RunInfo {
+                        key: keys[i].clone().unwrap_or_default(),
+                        needs,
+                    },
+                );
+            }
+        }
+        Ok(Self { runs })
+    }
+
+    /// The cache key of an instance.
+    pub fn key(&self, stage: &str, instance: &str) -> Option<&str> {
+        self.runs
+            .get(&(stage.to_string(), instance.to_string()))
+            .map(|r| r.key.as_str())
+    }
+
+    /// Whether the file recorded the needs (lineage), not only keys.
+    pub fn has_needs(&self) -> bool {
+        !self.runs.is_empty() && self.runs.values().all(|r| r.needs.is_some())
+    }
+
+    fn by_key(&self) -> BTreeMap<&str, &RunInfo> {
+        self.runs.values().map(|r| (r.key.as_str(), r)).collect()
+    }
+
+    /// The key of the model an instance measures: its `model` need, or itself when it has no
+    /// `model` need (a training instance).
+    pub fn model_key(&self, stage: &str, instance: &str) -> Option<String> {
+        let run = self.runs.get(&(stage.to_string(), instance.to_string()))?;
+        match run.needs.as_ref()?.get("model") {
+            Some(keys) if keys.len() == 1 => Some(keys[0].clone()),
+            Some(_) => None,
+            None => Some(run.key.clone()),
+        }
+    }
+
+    /// The base models: instances that some instance names as its `init` and that have no
+    /// `init` themselves. Empty without recorded needs.
+    pub fn base_keys(&self) -> BTreeSet<String> {
+        if !self.has_needs() {
+            return BTreeSet::new();
+        }
+        let by_key = self.by_key();
+        self.runs
+            .values()
+            .filter_map(|r| r.needs.as_ref()?.get("init"))
+            .flatten()
+            .filter(|k| {
+                by_key
+                    .get(k.as_str())
+                    .and_then(|r| r.needs.as_ref())
+                    .is_some_and(|n| !n.contains_key("init"))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The `init` (base) key of the model an instance measures, when recorded.
+    pub fn init_of(&self, stage: &str, instance: &str) -> Option<String> {
+        let model = self.model_key(stage, instance)?;
+        let by_key = self.by_key();
+        let run = by_key.get(model.as_str())?;
+        run.needs.as_ref()?.get("init")?.first().cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(key: &str, needs: &[(&str, &[&str])]) -> RunInfo {
+        RunInfo {
+            key: key.into(),
+            needs: Some(
+                needs
+                    .iter()
+                    .map(|(n, ks)| (n.to_string(), ks.iter().map(|k| k.to_string()).collect()))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn base_and_model_keys_follow_the_needs() {
+        let mut l = Lineage::default();
+        let mut put = |s: &str, i: &str, r: RunInfo| {
+            l.runs.insert((s.into(), i.into()), r);
+        };
+        put("data", "data", info("d", &[]));
+        put("base", "base@seed-1", info("b1", &[("data", &["d"])]));
+        put(
+            "extend",
+            "extend@seed-1,ntk4",
+            info("e1", &[("data", &["d"]), ("init", &["b1"])]),
+        );
+        put(
+            "ablation",
+            "ablation@seed-1,ft256",
+            info("e1", &[("data", &["d"]), ("init", &["b1"])]),
+        );
+        put(
+            "needle",
+            "needle@seed-1,ntk4",
+            info("n1", &[("data", &["d"]), ("model", &["e1"])]),
+        );
+        put(
+            "needle_base",
+            "needle_base@seed-1",
+            info("nb", &[("data", &["d"]), ("model", &["b1"])]),
+        );
+        assert!(l.has_needs());
+        assert_eq!(l.base_keys(), BTreeSet::from(["b1".to_string()]));
+        assert_eq!(
+            l.model_key("needle", "needle@seed-1,ntk4").as_deref(),
+            Some("e1")
+        );
+        assert_eq!(
+            l.model_key("ablation", "ablation@seed-1,ft256").as_deref(),
+            Some("e1")
+        );
+        assert_eq!(
+            l.init_of("needle", "needle@seed-1,ntk4").as_deref(),
+            Some("b1")
+        );
+        assert_eq!(l.init_of("needle_base", "needle_base@seed-1"), None);
+        assert_eq!(l.key("needle", "needle@seed-1,ntk4"), Some("n1"));
+        // Keys only (older files): no lineage, no base.
+        let mut old = l.clone();
+        for r in old.runs.values_mut() {
+            r.needs = None;
+        }
+        assert!(!old.has_needs() && old.base_keys().is_empty());
+    }
+}
