@@ -2,7 +2,7 @@
 //!
 //! `spec` (TOML to checked stages) -> `graph` (instances, DAG) -> `exec::plan` (keys, statuses)
 //! -> `exec::execute` (the scheduler, handing `job::Job`s to an `executor`) -> `results`
-//! (Parquet tables, `runs`, `run.json`).
+//! (Parquet tables, `runs`, `run.json`; the leaf module `crate::results`).
 
 pub mod cache;
 pub mod exec;
@@ -10,10 +10,12 @@ pub mod executor;
 pub mod graph;
 pub mod job;
 pub mod key;
-pub mod results;
 pub mod schema;
 pub mod spec;
 pub mod ui;
+/// The results module is a leaf of the crate (stages and tables write through it too); it is
+/// re-exported here, where the runner's users have always found it.
+pub use crate::results;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -253,7 +255,7 @@ fn write_results(
         "gathered": gathered,
     });
     let bytes = serde_json::to_vec_pretty(&provenance).unwrap_or_default();
-    cache::write_atomic(&run_json, &bytes)
+    crate::results::write_atomic(&run_json, &bytes)
 }
 
 /// Every key any instance of these pipeline files has (for `pipe cache gc`).

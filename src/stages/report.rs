@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use anyhow::Context;
 
 use super::{Ctx, Needs, StageKind};
-use crate::pipeline::results::{InstanceInfo, gather_tables};
 use crate::report::study::{ReportOptions, write_report};
+use crate::results::{InstanceInfo, gather_tables};
 
 /// Where the report stage writes its gathered tables, inside its output directory.
 pub const TABLES_DIR: &str = "tables";

@@ -152,6 +152,19 @@ impl StageKind for Train {
                 data_up.instance
             );
         }
+        // The model ships with its data's tokenizer. Copied before training, while the data
+        // entry is known to be whole; a tokenizer missing now is an error, never a model
+        // committed without one.
+        let tok = data.dir.join("tokenizer.json");
+        let to = ctx.out_dir.join("tokenizer.json");
+        std::fs::copy(&tok, &to).with_context(|| {
+            format!(
+                "copying the tokenizer of `{}` ({}) to {}",
+                data_up.instance,
+                tok.display(),
+                to.display()
+            )
+        })?;
         let p = &params.train;
         let window = p.seq_len + 1;
         let model = build_model(params, ctx, &data, &train_device)?;
@@ -193,12 +206,6 @@ impl StageKind for Train {
         let out = train(&job, model, &mut source, &validation)?;
 
         save_llama(&out.model, ctx.out_dir, HfLayout::Both)?;
-        let tok = data.dir.join("tokenizer.json");
-        if tok.is_file() {
-            let to = ctx.out_dir.join("tokenizer.json");
-            std::fs::copy(&tok, &to)
-                .with_context(|| format!("copying {} to {}", tok.display(), to.display()))?;
-        }
         ctx.write_table(TrainLogRow::NAME, &TrainLogRow::to_batch(&out.train_log)?)?;
         ctx.write_table(ValLogRow::NAME, &ValLogRow::to_batch(&out.val_log)?)?;
         let c = out.model.config();

@@ -13,7 +13,7 @@
 //! Files written before the `needs` column existed give keys only; the report then falls back
 //! to the name patterns for the base and says so.
 
-use crate::pipeline::results::read_parquet;
+use crate::results::read_parquet;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
 use std::collections::{BTreeMap, BTreeSet};
