@@ -87,10 +87,13 @@ fn float_bits(path: &Path, table: &str) -> BTreeMap<String, Vec<u64>> {
             .flat_map(|b| {
                 let a = b.column(i).as_primitive::<Float64Type>();
                 (0..a.len())
+                    // A null as a value no float has here (a NaN payload).
                     .map(|r| {
-                        a.is_valid(r)
-                            .then(|| a.value(r).to_bits())
-                            .unwrap_or(u64::MAX)
+                        if a.is_valid(r) {
+                            a.value(r).to_bits()
+                        } else {
+                            u64::MAX
+                        }
                     })
                     .collect::<Vec<_>>()
             })
