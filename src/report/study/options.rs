@@ -64,6 +64,9 @@ pub struct ReportOptions {
     /// its needle accuracy is at least this at the pretrained length and at its fine-tuning
     /// length; the base only when it reaches it at the pretrained length. 0 disables the gate.
     pub adaptation_gate: f64,
+    /// Needle accuracy that RULER's effective length asks for: a model's effective length is
+    /// the longest tested length up to which its accuracy stays at or above this.
+    pub effective_length_threshold: f64,
 }
 
 impl Default for ReportOptions {
@@ -90,6 +93,7 @@ impl Default for ReportOptions {
             resamples: 10_000,
             bootstrap_seed: 0,
             adaptation_gate: 0.9,
+            effective_length_threshold: 0.9,
         }
     }
 }
@@ -183,6 +187,11 @@ impl Classifier {
             group: if hit { Group::Ablation } else { Group::Method },
             variant: self.variant(instance, matrix),
         }
+    }
+
+    /// The model variant of a row: [`variant_of`] without the ignored axes' labels.
+    pub fn model_variant(&self, instance: &str, matrix: &[(String, serde_json::Value)]) -> String {
+        self.variant(instance, matrix)
     }
 
     /// [`variant_of`], also without the labels of the ignored axes' values.
