@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 
-use super::{Ctx, Needs, StageKind};
+use super::{Ctx, Needs, ParamError, StageKind};
 use crate::pipeline::results::{InstanceInfo, gather_tables};
 use crate::report::study::{ReportOptions, write_report};
 
@@ -27,6 +27,12 @@ impl StageKind for Report {
     fn needs() -> Needs {
         // Any names: a report gathers whatever evaluation stages the pipeline has.
         Needs::Any
+    }
+
+    fn check(params: &ReportOptions) -> Result<(), ParamError> {
+        params
+            .check()
+            .map_err(|(key, message)| ParamError::new(key, message))
     }
 
     fn device_sensitive(_params: &ReportOptions) -> bool {
