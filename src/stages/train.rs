@@ -254,7 +254,7 @@ impl StageKind for Train {
         ctx.write_table(TrainLogRow::NAME, &TrainLogRow::to_batch(&out.train_log)?)?;
         ctx.write_table(ValLogRow::NAME, &ValLogRow::to_batch(&out.val_log)?)?;
         let c = out.model.config();
-        let summary = serde_json::json!({
+        let mut summary = serde_json::json!({
             "steps": out.steps,
             "tokens": out.tokens,
             "seq_len": p.seq_len,
@@ -269,7 +269,6 @@ impl StageKind for Train {
             "init": ctx.need_all("init").first().map(|u| u.instance.clone()),
             "device": ctx.device,
         });
-        let mut summary = summary;
         if !warnings.is_empty() {
             summary["warnings"] = serde_json::json!(warnings);
         }

@@ -126,7 +126,7 @@ pub const MAX_MODEL_PARAMS: u64 = 1_000_000_000_000;
 
 impl ModelParams {
     /// Check the architecture without the data stage's vocabulary (`vocab_size`, when not given,
-    /// counts as 0 in the size bound) for training at `seq_len`; errors name the key as
+    /// counts as 1 in the size bound) for training at `seq_len`; errors name the key as
     /// `model.<key>`, or `train.seq_len` when it is longer than `max_position_embeddings`.
     pub fn check(&self, seq_len: usize) -> Result<()> {
         let err = |k: &str, m: String| Err(TrainError::param(&format!("model.{k}"), m));
