@@ -648,15 +648,12 @@ fn check_finite(files: &[PathBuf]) -> Result<()> {
 pub fn import_checkpoint(src: &Path, dst: &Path) -> Result<CheckpointInfo> {
     let info = inspect_checkpoint(src)?;
     check_finite(&weight_files(src)?)?;
-    // The tokenizer files are read downstream from the cache's copy: a broken one must be
-    // named here, as the user's file, not there as a cache path.
+    // The tokenizer and generation files are read downstream from the cache's copy: one that
+    // is not even JSON is named here, as the user's file, not there as a cache path (a data
+    // stage that reads the tokenizer names the user's file in its context too).
     for f in &info.files {
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name == "tokenizer.json" {
-            tokenizers::Tokenizer::from_file(f).map_err(|e| {
-                ModelError::checkpoint(f, format!("the tokenizer does not load: {e}"))
-            })?;
-        } else if OPTIONAL_FILES.contains(&name) {
+        if OPTIONAL_FILES.contains(&name) {
             let text = std::fs::read_to_string(f).map_err(|e| ModelError::io(f, e))?;
             serde_json::from_str::<serde_json::Value>(&text)
                 .map_err(|e| ModelError::checkpoint(f, format!("not valid JSON: {e}")))?;

@@ -139,10 +139,12 @@ impl Source {
         };
         let before = &self.text[segment_start..start];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        // In the file, the line; in the `--set` arguments, which one (`--set:2:` is the second):
+        // each is appended after a newline.
         let line = if segment_start == 0 {
             before.matches('\n').count() + 1
         } else {
-            1
+            self.text[self.file_len..start].matches('\n').count()
         };
         let column = before[line_start..].chars().count() + 1;
         let abs_line_start = segment_start + line_start;

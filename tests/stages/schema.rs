@@ -60,7 +60,7 @@ fn the_schema_check_refuses_a_bad_copy() {
     // A required key left out (the text source's `path`), a value of the wrong type and an
     // unknown key: each is a schema error.
     let missing = text.replacen(
-        "path = \"<required>\"                 # --set stages.data.source.text.path",
+        "path = \"<required>\"                 # --set stages.data.source.text.path=/path/to/corpus",
         "separator = \"\\n\"",
         1,
     );
