@@ -22,7 +22,9 @@ import time
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+
+from llama_shapes import llama_config
 
 MARKS = {0: "ordinary", 1: "kv recall", 2: "passkey answer", 3: "section close"}
 
@@ -96,16 +98,15 @@ def main():
 
     if a.steps == 0:
         return
-    config = LlamaConfig(
-        vocab_size=meta["vocab_size"],
-        hidden_size=a.hidden,
-        intermediate_size=int(8 * a.hidden / 3 / 32 + 0.999) * 32,
-        num_hidden_layers=a.layers,
-        num_attention_heads=a.heads,
-        num_key_value_heads=a.heads,
-        max_position_embeddings=a.length,
+    config = llama_config(
+        vocab=meta["vocab_size"],
+        hidden=a.hidden,
+        ffn=int(8 * a.hidden / 3 / 32 + 0.999) * 32,
+        layers=a.layers,
+        heads=a.heads,
+        max_pos=a.length,
+        attn=None,
         rope_theta=10000.0,
-        tie_word_embeddings=False,
         bos_token_id=meta["special"]["bos_id"],
         eos_token_id=meta["special"]["eos_id"],
     )

@@ -23,22 +23,25 @@ import statistics
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+
+from llama_shapes import llama_config
 
 
 def make_model(out):
     torch.manual_seed(7)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
+    cfg = llama_config(
+        vocab=49152,
+        hidden=576,
+        ffn=1536,
+        layers=30,
+        heads=9,
+        kv_heads=3,
+        max_pos=8192,
+        eps=1e-5,
+        tie=True,
+        attn=None,
         rope_theta=100000.0,
-        tie_word_embeddings=True,
         bos_token_id=0,
         eos_token_id=0,
     )

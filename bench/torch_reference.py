@@ -15,7 +15,9 @@ import sys
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+
+from llama_shapes import llama_config
 
 
 def main():
@@ -24,18 +26,7 @@ def main():
     iters = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 5
     attn = "sdpa" if "--sdpa" in sys.argv else "eager"
     torch.manual_seed(7)
-    cfg = LlamaConfig(
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=4096,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        attn_implementation=attn,
-    )
+    cfg = llama_config(vocab=4096, hidden=256, ffn=704, layers=4, heads=4, max_pos=2048, attn=attn)
     model = LlamaForCausalLM(cfg)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -17,7 +17,9 @@ import sys
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+
+from llama_shapes import llama_config
 
 # name: (vocab, hidden, layers, heads, ffn, batch, seq_len); ffn as LlamaConfig::new rounds it.
 SHAPES = {
@@ -29,17 +31,8 @@ SHAPES = {
 
 def bench(name, vocab, hidden, layers, heads, ffn, batch, seq, iters):
     torch.manual_seed(7)
-    cfg = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=ffn,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        vocab_size=vocab,
-        max_position_embeddings=max(seq, 2048),
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
+    cfg = llama_config(
+        vocab=vocab, hidden=hidden, ffn=ffn, layers=layers, heads=heads, max_pos=max(seq, 2048), attn="eager"
     )
     model = LlamaForCausalLM(cfg)
     model.train()

@@ -593,6 +593,14 @@ tables! {
         /// Mean validation loss (nats per token) at the training sequence length.
         val_loss: f64,
     }
+
+    /// One row per model a `report` stage gathered (an instance whose output holds a
+    /// `config.json`: `train`, `rope` and `model` kinds), written by the report stage beside its
+    /// report so that `pipe report` can show each model's RoPE without the cache.
+    "model_config" => ModelConfigRow {
+        /// The model's `config.json` (transformers' layout), verbatim.
+        config: String,
+    }
 }
 
 /// A row of a gathered results file: the typed row with the runner's leading columns.
@@ -953,7 +961,8 @@ mod tests {
                 "attention_divergence",
                 "entropy_vs_error",
                 "train_log",
-                "val_log"
+                "val_log",
+                "model_config"
             ]
         );
         for t in all_tables() {

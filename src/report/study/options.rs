@@ -64,6 +64,9 @@ pub struct ReportOptions {
     /// its needle accuracy is at least this at the pretrained length and at its fine-tuning
     /// length; the base only when it reaches it at the pretrained length. 0 disables the gate.
     pub adaptation_gate: f64,
+    /// Needle accuracy that RULER's effective length asks for: a model's effective length is
+    /// the longest tested length up to which its accuracy stays at or above this.
+    pub effective_length_threshold: f64,
 }
 
 impl Default for ReportOptions {
@@ -90,6 +93,7 @@ impl Default for ReportOptions {
             resamples: 10_000,
             bootstrap_seed: 0,
             adaptation_gate: 0.9,
+            effective_length_threshold: 0.9,
         }
     }
 }
@@ -104,6 +108,12 @@ impl ReportOptions {
             return Err((
                 "adaptation_gate",
                 format!("must be in [0, 1], got {}", self.adaptation_gate),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.effective_length_threshold) {
+            return Err((
+                "effective_length_threshold",
+                format!("must be in [0, 1], got {}", self.effective_length_threshold),
             ));
         }
         if self.resamples == 0 {
@@ -239,6 +249,11 @@ impl Classifier {
             group: if hit { Group::Ablation } else { Group::Method },
             variant: self.variant(instance, matrix),
         }
+    }
+
+    /// The model variant of a row: [`variant_of`] without the ignored axes' labels.
+    pub fn model_variant(&self, instance: &str, matrix: &[(String, serde_json::Value)]) -> String {
+        self.variant(instance, matrix)
     }
 
     /// [`variant_of`], also without the labels of the ignored axes' values.
