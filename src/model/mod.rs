@@ -12,6 +12,7 @@ pub mod flash;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod memory;
 pub mod rope;
 
 pub use attention::AttentionBlocks;

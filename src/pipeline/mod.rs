@@ -34,9 +34,48 @@ pub fn load(file: &Path, sets: &[String]) -> Result<(spec::Pipeline, graph::Grap
     Ok((p, g))
 }
 
+/// Every external file an instance reads exists, so that `pipe run` (`--dry-run` too) and
+/// `pipe status` name a missing corpus, checkpoint or program at its stage, before anything
+/// runs; the key computation would fail on it too, without the stage's line. Not part of
+/// [`load`]: `pipe validate` checks the file itself, which stays valid on a machine that has
+/// not fetched the data yet (`pipelines/real-smollm2.toml`).
+fn check_inputs(p: &spec::Pipeline, g: &graph::Graph) -> Result<()> {
+    let mut errors = Vec::new();
+    for inst in &g.instances {
+        let stage = &p.stages[inst.stage];
+        let files = stage
+            .kind
+            .inputs(&inst.params, &p.dir)
+            .map_err(|e| Error::Usage(format!("instance `{}`: {e:#}", inst.name)))?;
+        for f in files {
+            let path = p.dir.join(&f);
+            if std::fs::symlink_metadata(&path).is_err() {
+                let e = crate::error::SpecError {
+                    location: stage.location.clone(),
+                    message: format!(
+                        "instance `{}` reads `{}`, which does not exist ({})",
+                        inst.name,
+                        f.display(),
+                        path.display()
+                    ),
+                };
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(Box::new(errors.remove(0)).into()),
+        _ => Err(Error::Specs(errors)),
+    }
+}
+
 /// Load and plan against `cache`.
 pub fn plan(file: &Path, sets: &[String], cache: &Cache, sel: &Selection) -> Result<Plan> {
     let (p, g) = load(file, sets)?;
+    check_inputs(&p, &g)?;
     exec::plan(p, g, cache, sel)
 }
 

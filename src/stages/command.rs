@@ -126,6 +126,26 @@ impl StageKind for Command {
         if params.args.is_empty() {
             return Err(ParamError::new("args", "is empty: give the program to run"));
         }
+        if params.args[0].is_empty() {
+            return Err(ParamError::new("args", "names an empty program"));
+        }
+        if let Some(a) = params.args.iter().find(|a| a.contains('\0')) {
+            return Err(ParamError::new(
+                "args",
+                format!("`{}` holds a NUL character", a.escape_debug()),
+            ));
+        }
+        for (name, value) in &params.env {
+            if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+                return Err(ParamError::new(
+                    format!("env.{name}"),
+                    format!(
+                        "`{}` is not an environment variable name (empty, or holding `=` or NUL) or its value holds NUL",
+                        name.escape_debug()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -261,6 +261,12 @@ pub trait StageKind: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Check parameter values against the needs the stage gives (`given`: their names), e.g. a
+    /// parameter that only means something with a need. Called beside [`StageKind::check`].
+    fn check_needs(_params: &Self::Params, _given: &[&str]) -> Result<(), ParamError> {
+        Ok(())
+    }
+
     /// Resources asked for by default; a stage's `resources = { ... }` overrides them field by
     /// field. E.g. one GPU when `device` starts with `cuda` ([`Resources::for_device`]).
     fn resources(_params: &Self::Params, _device: &str) -> Resources {
@@ -433,7 +439,8 @@ pub trait ErasedKind: Send + Sync {
     fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
     /// Top-level parameter names, for checking `matrix.<key>`; `None` when unknown.
     fn param_names(&self) -> Option<Vec<String>>;
-    fn check(&self, params: &serde_json::Value) -> Result<(), ParamError>;
+    /// [`StageKind::check`], then [`StageKind::check_needs`] with the names of the needs given.
+    fn check(&self, params: &serde_json::Value, given: &[&str]) -> Result<(), ParamError>;
     fn publishes(&self) -> &'static [&'static str];
     fn scratch(&self, params: &serde_json::Value) -> anyhow::Result<Vec<&'static str>>;
     fn inputs(
@@ -488,8 +495,10 @@ impl<K: StageKind> ErasedKind for Erased<K> {
         let props = schema.as_object()?.get("properties")?.as_object()?;
         Some(props.keys().cloned().collect())
     }
-    fn check(&self, params: &serde_json::Value) -> Result<(), ParamError> {
-        K::check(&typed::<K>(params).map_err(|e| ParamError::new("", format!("{e:#}")))?)
+    fn check(&self, params: &serde_json::Value, given: &[&str]) -> Result<(), ParamError> {
+        let params = typed::<K>(params).map_err(|e| ParamError::new("", format!("{e:#}")))?;
+        K::check(&params)?;
+        K::check_needs(&params, given)
     }
     fn publishes(&self) -> &'static [&'static str] {
         K::publishes()

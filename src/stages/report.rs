@@ -12,7 +12,7 @@ use anyhow::Context;
 use super::{Ctx, Needs, ParamError, StageKind};
 use crate::pipeline::cache::KEY_FILE;
 use crate::pipeline::key::KeyRecord;
-use crate::report::study::{Classifier, ReportError, ReportOptions, write_report};
+use crate::report::study::{ReportOptions, write_report};
 use crate::results::{InstanceInfo, RunRow, gather_tables, write_runs};
 use crate::tables::{ModelConfigRow, ResultRow, Table, write_results};
 use std::path::Path;
@@ -34,24 +34,14 @@ impl StageKind for Report {
         Needs::Any
     }
 
-    fn device_sensitive(_params: &ReportOptions) -> bool {
-        false
+    fn check(params: &ReportOptions) -> Result<(), ParamError> {
+        params
+            .check()
+            .map_err(|(key, message)| ParamError::new(key, message))
     }
 
-    fn check(params: &ReportOptions) -> Result<(), ParamError> {
-        // Before anything runs: a bad option must not wait for every upstream stage.
-        crate::report::study::check(params).map_err(|e| match e {
-            ReportError::Option { key, message } => ParamError::new(key, message),
-            other => ParamError::new("", other.to_string()),
-        })?;
-        Classifier::new(params).map(|_| ()).map_err(|m| {
-            let key = if m.starts_with("base:") {
-                "base"
-            } else {
-                "ablation"
-            };
-            ParamError::new(key, m)
-        })
+    fn device_sensitive(_params: &ReportOptions) -> bool {
+        false
     }
 
     fn publishes() -> &'static [&'static str] {

@@ -5,9 +5,22 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use super::{Project, output_text};
+
+/// The one test cluster: tests share it, except one that needs it idle (two GPU jobs must find
+/// both GPUs and the CPUs free, which the shrunk quickstart's jobs would hold).
+static CLUSTER: RwLock<()> = RwLock::new(());
+
+fn shared_cluster() -> RwLockReadGuard<'static, ()> {
+    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn idle_cluster() -> RwLockWriteGuard<'static, ()> {
+    CLUSTER.write().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Whether a Slurm node with two GPUs is idle or busy here; prints why not.
 fn slurm_up(test: &str) -> bool {
@@ -100,6 +113,7 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn slurm_failure_names_the_job_its_exit_code_and_log() {
+    let _cluster = shared_cluster();
     let Some((p, _)) = slurm_project(
         "slurm_failure_names_the_job_its_exit_code_and_log",
         "fail",
@@ -129,6 +143,7 @@ fn slurm_failure_names_the_job_its_exit_code_and_log() {
 
 #[test]
 fn slurm_interrupted_run_cancels_every_job() {
+    let _cluster = shared_cluster();
     // Different commands: identical ones would share one key and build once.
     let sleeper = |s: &str| {
         format!("[stages.{s}]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"sleep 120 # {s}\"]\n")
@@ -162,6 +177,7 @@ fn slurm_interrupted_run_cancels_every_job() {
 
 #[test]
 fn slurm_gpu_stages_share_the_two_gpus() {
+    let _cluster = idle_cluster();
     let stage = |s: &str| {
         format!(
             "[stages.{s}]\nkind = \"command\"\nresources = {{ gpus = 1 }}\nargs = [\"sh\", \"-c\", \"echo start {s} $(date +%s%N) $CUDA_VISIBLE_DEVICES >> $PIPE_PIPELINE_DIR/log; sleep 2; echo end {s} $(date +%s%N) >> $PIPE_PIPELINE_DIR/log\"]\n"
@@ -204,6 +220,7 @@ fn slurm_gpu_stages_share_the_two_gpus() {
 
 #[test]
 fn slurm_rerun_reattaches_to_a_job_whose_submitter_died() {
+    let _cluster = shared_cluster();
     let Some((p, name)) = slurm_project(
         "slurm_rerun_reattaches_to_a_job_whose_submitter_died",
         "attach",
@@ -249,6 +266,7 @@ fn slurm_rerun_reattaches_to_a_job_whose_submitter_died() {
 
 #[test]
 fn slurm_time_limit_resubmits_and_resumes() {
+    let _cluster = shared_cluster();
     // The first attempt writes a checkpoint when warned (SIGUSR1, which `--signal` sends to
     // `pipe exec` and the command stage passes on) and is then killed at its one-minute limit;
     // the resubmitted attempt finds the checkpoint in the kept build directory and finishes.
@@ -280,6 +298,7 @@ fn slurm_time_limit_resubmits_and_resumes() {
 /// tables, value for value, apart from wall-clock columns.
 #[test]
 fn slurm_quickstart_matches_the_local_run() {
+    let _cluster = shared_cluster();
     if !slurm_up("slurm_quickstart_matches_the_local_run") {
         return;
     }
@@ -374,8 +393,12 @@ fn slurm_time_limit_kills_a_train_instance_that_resumes_with_identical_weights_a
     };
     let summary: serde_json::Value =
         serde_json::from_slice(&read(&p, "train.json")).unwrap_or_else(|e| panic!("{e}"));
+    // Resumed, not restarted. Usually from the warned checkpoint mid-run; but slurmctld checks
+    // time limits only every 30 s, so a job may outlive its minute by that much, finish its
+    // 400 steps and be killed while writing its outputs: then the kept final checkpoint (step
+    // 400) is the one resumed from, which is also right.
     let from = summary["resumed_from"].as_u64();
-    assert!(from.is_some_and(|s| s > 0 && s < 400), "{summary}\n{text}");
+    assert!(from.is_some_and(|s| s > 0 && s <= 400), "{summary}\n{text}");
     assert!(
         read(&p, "model.safetensors") == read(&local, "model.safetensors"),
         "the resumed weights differ from the uninterrupted run's"

@@ -98,6 +98,68 @@ impl Default for ReportOptions {
     }
 }
 
+impl ReportOptions {
+    /// Values the report cannot use: `Err((key, message))`, checked when the pipeline is read.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(("alpha", format!("must be in (0, 1), got {}", self.alpha)));
+        }
+        if !(0.0..=1.0).contains(&self.adaptation_gate) {
+            return Err((
+                "adaptation_gate",
+                format!("must be in [0, 1], got {}", self.adaptation_gate),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.effective_length_threshold) {
+            return Err((
+                "effective_length_threshold",
+                format!("must be in [0, 1], got {}", self.effective_length_threshold),
+            ));
+        }
+        if self.resamples == 0 {
+            return Err(("resamples", "must be at least 1".into()));
+        }
+        if !["truncate", "sliding"].contains(&self.ppl_mode.as_str()) {
+            return Err((
+                "ppl_mode",
+                format!("`{}` is not `truncate` or `sliding`", self.ppl_mode),
+            ));
+        }
+        for (key, v) in [
+            ("pretrained_length", self.pretrained_length),
+            ("finetune_length", self.finetune_length),
+        ] {
+            if let Some(v) = v
+                && v < 1
+            {
+                return Err((key, format!("must be at least 1, got {v}")));
+            }
+        }
+        compile("base", &self.base).map_err(|e| ("base", e))?;
+        compile("ablation", &self.ablation).map_err(|e| ("ablation", e))?;
+        if let Some(t) = &self.label_template {
+            let mut open = false;
+            for c in t.chars() {
+                match (c, open) {
+                    ('{', false) => open = true,
+                    ('}', true) => open = false,
+                    ('{', true) => {
+                        return Err((
+                            "label_template",
+                            format!("`{t}` opens a `{{` inside a `{{...}}`: write `{{column}}`"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if open {
+                return Err(("label_template", format!("`{t}` has an unclosed `{{`")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Which part of the study a model belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Group {

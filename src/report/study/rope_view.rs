@@ -21,6 +21,7 @@ struct ModelView {
     id: ModelId,
     label: String,
     rope_text: String,
+    theta: f64,
     head_dim: usize,
     rows: Vec<PairRow>,
 }
@@ -58,14 +59,11 @@ fn views(study: &Study, length: usize, problems: &mut Vec<String>) -> Vec<ModelV
             .or(m.ft_length.map(|l| l as usize))
             .unwrap_or(length);
         let rows = frequency_view(&rope, config.head_dim, length, seq_len);
-        let rope_text = match rope.scaling.kind().extended_length(length) {
-            _ if rope.rope_type() == "default" => format!("default, theta {}", rope.theta),
-            _ => format!("{}, theta {}", rope.rope_type(), rope.theta),
-        };
         out.push(ModelView {
             id: m.id.clone(),
             label: m.label.clone(),
-            rope_text,
+            rope_text: format!("{}, theta {}", rope.rope_type(), rope.theta),
+            theta: rope.theta,
             head_dim: config.head_dim,
             rows,
         });
@@ -100,11 +98,6 @@ pub fn frequency_section(md: &mut String, study: &Study, figs: &mut Figures) {
     };
     let plain = &first.rows;
     let rotating = plain.iter().filter(|r| r.rotations_in_l >= 1.0).count();
-    let theta = first
-        .rope_text
-        .rsplit("theta ")
-        .next()
-        .and_then(|t| t.parse::<f64>().ok());
     let _ = write!(
         md,
         "Per RoPE frequency pair `i` (dimensions 2i, 2i+1; pair 0 turns fastest): its wavelength \
@@ -116,14 +109,12 @@ pub fn frequency_section(md: &mut String, study: &Study, figs: &mut Figures) {
          neighbouring tokens; slowing them down blurs it.",
         plain.len()
     );
-    if let Some(theta) = theta {
-        let (bf, bs) = yarn_betas(theta, length);
-        let _ = write!(
-            md,
-            " YaRN's beta_fast / beta_slow that put the ramp where LLaMA-2 at 4K has it \
-             (docs/study.md): {bf:.2} / {bs:.2}."
-        );
-    }
+    let (bf, bs) = yarn_betas(first.theta, length);
+    let _ = write!(
+        md,
+        " YaRN's beta_fast / beta_slow that put the ramp where LLaMA-2 at 4K has it \
+         (docs/study.md): {bf:.2} / {bs:.2}."
+    );
     md.push_str("\n\n");
     let summary: Vec<Vec<String>> = views
         .iter()
@@ -189,7 +180,7 @@ pub fn frequency_section(md: &mut String, study: &Study, figs: &mut Figures) {
             .collect()
         })
         .collect();
-    let align: Vec<Align> = header.iter().map(|_| Align::Right).collect::<Vec<_>>();
+    let align = vec![Align::Right; header.len()];
     let _ = writeln!(md, "Interpolation ratio per pair and method:\n");
     md.push_str(&markdown_table(&header, &rows, &align));
     md.push('\n');
