@@ -601,6 +601,14 @@ tables! {
         /// The model's `config.json` (transformers' layout), verbatim.
         config: String,
     }
+
+    /// One row per warning a gathered instance recorded in its summary (a `train` instance's
+    /// `train.json` `warnings`: e.g. a `seq_len` beyond the RoPE's length), written by the report
+    /// stage beside its report so that the report shows it and `pipe report` finds it.
+    "warnings" => WarningRow {
+        /// The warning, as the stage printed it.
+        message: String,
+    }
 }
 
 /// A row of a gathered results file: the typed row with the runner's leading columns.

@@ -435,6 +435,17 @@ impl Plan {
                             dir: absolute(cache.entry(self.key(u))),
                             matrix: ui.matrix_columns().into_iter().collect(),
                             params: ui.params.clone(),
+                            key: self.key(u).to_string(),
+                            inputs: ui
+                                .needs
+                                .iter()
+                                .map(|(n, ids)| {
+                                    (
+                                        n.clone(),
+                                        ids.iter().map(|&x| self.key(x).to_string()).collect(),
+                                    )
+                                })
+                                .collect(),
                         }
                     })
                     .collect();

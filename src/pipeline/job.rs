@@ -148,6 +148,8 @@ mod tests {
                     dir: "/c/u".into(),
                     matrix: BTreeMap::from([("f".to_string(), serde_json::json!(2.5))]),
                     params: serde_json::json!({}),
+                    key: "ku".into(),
+                    inputs: BTreeMap::from([("d".to_string(), vec!["kd".to_string()])]),
                 }],
             )]),
             seed: 7,

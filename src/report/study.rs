@@ -153,6 +153,7 @@ pub fn write_report(
          divergences are in nats. How every number and verdict is computed: docs/report.md.\n"
     );
     inputs_section(&mut md, &study);
+    warnings_section(&mut md, &study);
     findings_section(&mut md, &found);
     ppl_section(&mut md, &study, opts, &mut figs);
     needle_section(&mut md, &study, opts, &mut figs);
@@ -194,6 +195,30 @@ pub fn write_report(
         findings: found.to_vec(),
         problems: figs.problems,
     })
+}
+
+/// What the gathered instances warned about while they ran (a training length beyond the
+/// RoPE's): printed once in the log, repeated here so that a reader of the results sees it.
+fn warnings_section(md: &mut String, study: &Study) {
+    if study.warnings.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Warnings
+"
+    );
+    let rows: Vec<Vec<String>> = study
+        .warnings
+        .iter()
+        .map(|w| vec![format!("`{}`", w.instance), w.row.message.clone()])
+        .collect();
+    md.push_str(&markdown_table(
+        &["instance".into(), "warning".into()],
+        &rows,
+        &[Align::Left, Align::Left],
+    ));
+    md.push('\n');
 }
 
 fn inputs_section(md: &mut String, study: &Study) {

@@ -317,6 +317,10 @@ pub struct Upstream {
     pub matrix: BTreeMap<String, serde_json::Value>,
     /// Its fully defaulted parameters.
     pub params: serde_json::Value,
+    /// Its cache key.
+    pub key: String,
+    /// Its own needs' cache keys, by need name (its lineage, as `runs.parquet` records it).
+    pub inputs: BTreeMap<String, Vec<String>>,
 }
 
 /// File name, inside a build directory, of its work lock (see [`WorkLock`]); removed before the

@@ -9,12 +9,11 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 
-use super::{Ctx, Needs, ParamError, StageKind};
-use crate::pipeline::cache::KEY_FILE;
-use crate::pipeline::key::KeyRecord;
+use super::train::SUMMARY_FILE as TRAIN_SUMMARY;
+use super::{Ctx, Needs, ParamError, StageKind, Upstream};
 use crate::report::study::{ReportOptions, write_report};
 use crate::results::{InstanceInfo, RunRow, gather_tables, write_runs};
-use crate::tables::{ModelConfigRow, ResultRow, Table, write_results};
+use crate::tables::{ModelConfigRow, ResultRow, Table, WarningRow, write_results};
 use std::path::Path;
 
 /// Where the report stage writes its gathered tables, inside its output directory.
@@ -26,7 +25,8 @@ pub struct Report;
 impl StageKind for Report {
     const KIND: &'static str = "report";
     // 2: publishes `model_config.parquet` for the frequency view; effective length.
-    const VERSION: u32 = 2;
+    // 3: publishes `warnings.parquet` and shows the gathered instances' warnings.
+    const VERSION: u32 = 3;
     type Params = ReportOptions;
 
     fn needs() -> Needs {
@@ -52,11 +52,14 @@ impl StageKind for Report {
         ctx.progress.start("report", 2);
         // The same instance may be reached through two needs: gather it once.
         let mut seen = BTreeSet::new();
-        let infos: Vec<InstanceInfo> = ctx
+        let upstreams: Vec<&Upstream> = ctx
             .needs
             .values()
             .flatten()
             .filter(|u| seen.insert(u.instance.clone()))
+            .collect();
+        let infos: Vec<InstanceInfo> = upstreams
+            .iter()
             .map(|u| InstanceInfo {
                 stage: u.stage.clone(),
                 instance: u.instance.clone(),
@@ -68,19 +71,28 @@ impl StageKind for Report {
         std::fs::create_dir_all(&tables)
             .with_context(|| format!("cannot create {}", tables.display()))?;
         gather_tables(&tables, &infos)?;
-        write_lineage(&tables, &infos)?;
+        write_lineage(&tables, &upstreams, &infos)?;
+        // Tables the report stage makes itself from the gathered entries (no stage publishes
+        // them), copied into the report so that `pipe report` finds them in results/.
+        let mut own_tables = Vec::new();
         let configs = model_configs(&infos)?;
-        let config_table = format!("{}.parquet", ModelConfigRow::NAME);
         if !configs.is_empty() {
-            write_results(&tables.join(&config_table), &configs)?;
+            let name = format!("{}.parquet", ModelConfigRow::NAME);
+            write_results(&tables.join(&name), &configs)?;
+            own_tables.push(name);
+        }
+        let warnings = instance_warnings(&infos)?;
+        if !warnings.is_empty() {
+            let name = format!("{}.parquet", WarningRow::NAME);
+            write_results(&tables.join(&name), &warnings)?;
+            own_tables.push(name);
         }
         ctx.progress.advance(1);
         let report_dir = ctx.out_dir.join(REPORT_DIR);
         let summary = write_report(&tables, &report_dir, params)?;
-        if !configs.is_empty() {
-            // Published with the report, so that `pipe report` finds it in results/.
-            std::fs::copy(tables.join(&config_table), report_dir.join(&config_table))
-                .with_context(|| format!("cannot copy {config_table} into the report"))?;
+        for name in &own_tables {
+            std::fs::copy(tables.join(name), report_dir.join(name))
+                .with_context(|| format!("cannot copy {name} into the report"))?;
         }
         ctx.progress
             .message(&format!("{} figures", summary.figures.len()));
@@ -90,33 +102,34 @@ impl StageKind for Report {
 }
 
 /// Writes `runs.parquet` beside the gathered tables with the lineage of the gathered instances
-/// (each one's cache key and the keys of its needs, from its entry's key file), so that the
+/// (each one's cache key and the keys of its needs, as the runner hands them over), so that the
 /// report follows keys, not names, inside a run too: the runner writes its own `runs.parquet`
 /// only after every stage, this one included. Every gathered instance is a committed entry,
 /// hence `cached`; times are not known here and stay empty.
-fn write_lineage(tables: &Path, infos: &[InstanceInfo]) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    for info in infos {
-        let Some(dir) = &info.dir else { continue };
-        let path = dir.join(KEY_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let record: KeyRecord = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a key record", path.display()))?;
-        rows.push((
-            info.clone(),
-            RunRow {
-                key: record.key,
-                cached: true,
-                status: "cached".into(),
-                seconds: 0.0,
-                started_at: None,
-                finished_at: None,
-                error: None,
-                needs: record.fields.inputs,
-            },
-        ));
-    }
+fn write_lineage(
+    tables: &Path,
+    upstreams: &[&Upstream],
+    infos: &[InstanceInfo],
+) -> anyhow::Result<()> {
+    let rows: Vec<(InstanceInfo, RunRow)> = upstreams
+        .iter()
+        .zip(infos)
+        .map(|(u, info)| {
+            (
+                info.clone(),
+                RunRow {
+                    key: u.key.clone(),
+                    cached: true,
+                    status: "cached".into(),
+                    seconds: 0.0,
+                    started_at: None,
+                    finished_at: None,
+                    error: None,
+                    needs: u.inputs.clone(),
+                },
+            )
+        })
+        .collect();
     Ok(write_runs(tables, &rows)?)
 }
 
@@ -137,6 +150,35 @@ fn model_configs(infos: &[InstanceInfo]) -> anyhow::Result<Vec<ResultRow<ModelCo
             matrix: info.matrix.clone(),
             row: ModelConfigRow { config },
         });
+    }
+    Ok(rows)
+}
+
+/// The warnings of every gathered instance whose summary records some (`train.json`'s
+/// `warnings`), in gather order.
+fn instance_warnings(infos: &[InstanceInfo]) -> anyhow::Result<Vec<ResultRow<WarningRow>>> {
+    let mut rows = Vec::new();
+    for info in infos {
+        let Some(dir) = &info.dir else { continue };
+        let path = dir.join(TRAIN_SUMMARY);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let summary: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a JSON summary", path.display()))?;
+        let messages = summary["warnings"].as_array().into_iter().flatten();
+        for message in messages.filter_map(|m| m.as_str()) {
+            rows.push(ResultRow {
+                stage: info.stage.clone(),
+                instance: info.instance.clone(),
+                matrix: info.matrix.clone(),
+                row: WarningRow {
+                    message: message.to_string(),
+                },
+            });
+        }
     }
     Ok(rows)
 }

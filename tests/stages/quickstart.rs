@@ -110,6 +110,23 @@ fn the_quickstart_runs_every_stage_kind_end_to_end() {
         report.contains("Effective length (RULER's measure)"),
         "{report}"
     );
+    // The RoPE-unchanged arm trains at 4L = 256 with the base's RoPE for L = 64 on purpose: its
+    // warning is published and shown in the report, only for that arm.
+    assert!(results.join("warnings.parquet").is_file());
+    assert!(report.contains("## Warnings"), "{report}");
+    let warned: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("WARNING: train.seq_len"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{report}");
+    assert!(
+        warned[0].contains("`extend@plain`")
+            && warned[0].contains(
+                "train.seq_len 256 is longer than the max_position_embeddings 64 of `base`"
+            ),
+        "{}",
+        warned[0]
+    );
     // Inside the run the report follows lineage (runs.parquet from the entries' key files).
     assert!(report.contains("| `runs`"), "{report}");
     assert!(

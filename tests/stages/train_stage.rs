@@ -42,6 +42,8 @@ fn upstream(stage: &str, kind: &str, dir: &Path) -> Upstream {
         dir: dir.to_path_buf(),
         matrix: BTreeMap::new(),
         params: serde_json::Value::Null,
+        key: String::new(),
+        inputs: Default::default(),
     }
 }
 

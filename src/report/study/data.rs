@@ -8,7 +8,8 @@ use super::lineage::Lineage;
 use super::options::{self, Classifier, Group, ModelId, ReportOptions, method_label};
 use crate::tables::{
     AttentionDistanceRow, AttentionDivergenceRow, AttentionEntropyRow, EntropyVsErrorRow,
-    ModelConfigRow, NeedleRow, PplRow, ResultRow, Table, TrainLogRow, ValLogRow, read_results,
+    ModelConfigRow, NeedleRow, PplRow, ResultRow, Table, TrainLogRow, ValLogRow, WarningRow,
+    read_results,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,8 @@ pub struct Study {
     pub val_log: Vec<ResultRow<ValLogRow>>,
     /// The models' config.json, published by the report stage.
     pub model_config: Vec<ResultRow<ModelConfigRow>>,
+    /// The gathered instances' warnings, published by the report stage when there are some.
+    pub warnings: Vec<ResultRow<WarningRow>>,
     /// Per table name, in reading order.
     pub status: Vec<(&'static str, TableStatus)>,
     /// Models in report order: base, methods (first seen), ablation arms (by length).
@@ -155,6 +158,11 @@ impl Study {
             model_config: load(dir, &mut status),
             ..Default::default()
         };
+        // Written only when some instance warned: absent means none (or results from before
+        // the table existed), not a missing input.
+        if dir.join(format!("{}.parquet", WarningRow::NAME)).exists() {
+            s.warnings = load(dir, &mut status);
+        }
         let runs = dir.join("runs.parquet");
         if runs.exists() {
             match Lineage::load(&runs) {
