@@ -10,6 +10,11 @@
 # state in its own directory (/var/spool/ropelens-slurm) so that an earlier cluster's name never
 # blocks slurmctld ("CLUSTER NAME MISMATCH"). Exit status 0: Slurm is up; 2: it cannot be
 # installed or started here (the message says why; the tests that need it then skip).
+#
+# MinJobAge is 10 s (the purge runs about every 60 s), so that a finished job leaves squeue and
+# scontrol within about 70 s and the executor's `sacct -c` fallback can be tested. A cluster
+# already up with another configuration is given this one (`scontrol reconfigure`, which keeps
+# running jobs).
 set -uo pipefail
 
 STATE=/var/spool/ropelens-slurm
@@ -38,34 +43,22 @@ node_up() {
     timeout 5 sinfo -h -o '%T %G' 2>/dev/null | grep -Eq '^(idle|mixed|allocated)[*~]? .*gpu:2'
 }
 
-if node_up; then
-    echo "slurm-up: already up ($(sinfo -h -o '%N %T %G'))"
-    exit 0
-fi
-[ "$(id -u)" = 0 ] || unavailable "needs root to install and start Slurm"
+MIN_JOB_AGE=10
 
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
-    command -v apt-get >/dev/null || unavailable "no apt-get to install slurmctld, slurmd and munge"
-    echo "slurm-up: installing slurmctld slurmd slurm-client munge"
-    apt-get update -qq >/dev/null 2>&1 || unavailable "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        slurmctld slurmd slurm-client munge >/dev/null 2>&1 ||
-        unavailable "apt-get install slurmctld slurmd slurm-client munge failed"
-fi
+min_job_age() {
+    timeout 5 scontrol show config 2>/dev/null | awk '$1 == "MinJobAge" { print $3 }'
+}
 
-stop
-sleep 0.5
-host=$(hostname -s)
-node_line=$(slurmd -C 2>/dev/null | head -1)
-[ -n "$node_line" ] || unavailable "slurmd -C printed nothing"
-# `NodeName=x CPUs=2 Boards=... RealMemory=...` plus where to reach it and the fake GPUs.
-node_line="$node_line Gres=gpu:2 NodeAddr=127.0.0.1 State=UNKNOWN"
-
-mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d" /var/log/slurm
-for n in 0 1; do
-    [ -e /dev/fakegpu$n ] || mknod -m 666 /dev/fakegpu$n c 1 3
-done
-cat >"$CONF_DIR/slurm.conf" <<CONF
+# The configuration, written from the running slurmd's view of this machine.
+write_conf() {
+    local host node_line
+    host=$(hostname -s)
+    node_line=$(slurmd -C 2>/dev/null | head -1)
+    [ -n "$node_line" ] || unavailable "slurmd -C printed nothing"
+    # `NodeName=x CPUs=2 Boards=... RealMemory=...` plus where to reach it and the fake GPUs.
+    node_line="$node_line Gres=gpu:2 NodeAddr=127.0.0.1 State=UNKNOWN"
+    mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d" /var/log/slurm
+    cat >"$CONF_DIR/slurm.conf" <<CONF
 # Written by ropelens scripts/slurm-up.sh: a single-node test cluster with two fake GPUs.
 ClusterName=ropelens
 SlurmctldHost=$host(127.0.0.1)
@@ -86,7 +79,7 @@ SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
 ReturnToService=2
-MinJobAge=300
+MinJobAge=$MIN_JOB_AGE
 KillWait=2
 OverTimeLimit=0
 EnforcePartLimits=ALL
@@ -98,10 +91,44 @@ GresTypes=gpu
 $node_line
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
-cat >"$CONF_DIR/gres.conf" <<CONF
+    cat >"$CONF_DIR/gres.conf" <<CONF
 AutoDetect=off
 NodeName=$host Name=gpu File=/dev/fakegpu[0-1]
 CONF
+}
+
+if node_up; then
+    if [ "$(min_job_age)" != "$MIN_JOB_AGE" ]; then
+        [ "$(id -u)" = 0 ] || unavailable "needs root to reconfigure Slurm (MinJobAge $(min_job_age), wanted $MIN_JOB_AGE)"
+        write_conf
+        scontrol reconfigure || unavailable "scontrol reconfigure failed"
+        for _ in $(seq 1 20); do
+            [ "$(min_job_age)" = "$MIN_JOB_AGE" ] && break
+            sleep 0.5
+        done
+        [ "$(min_job_age)" = "$MIN_JOB_AGE" ] || unavailable "MinJobAge is still $(min_job_age) after reconfigure"
+        echo "slurm-up: reconfigured (MinJobAge $MIN_JOB_AGE)"
+    fi
+    echo "slurm-up: already up ($(sinfo -h -o '%N %T %G'))"
+    exit 0
+fi
+[ "$(id -u)" = 0 ] || unavailable "needs root to install and start Slurm"
+
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+    command -v apt-get >/dev/null || unavailable "no apt-get to install slurmctld, slurmd and munge"
+    echo "slurm-up: installing slurmctld slurmd slurm-client munge"
+    apt-get update -qq >/dev/null 2>&1 || unavailable "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        slurmctld slurmd slurm-client munge >/dev/null 2>&1 ||
+        unavailable "apt-get install slurmctld slurmd slurm-client munge failed"
+fi
+
+stop
+sleep 0.5
+for n in 0 1; do
+    [ -e /dev/fakegpu$n ] || mknod -m 666 /dev/fakegpu$n c 1 3
+done
+write_conf
 
 install -d -o munge -g munge -m 755 /run/munge
 [ -f /etc/munge/munge.key ] || unavailable "no /etc/munge/munge.key (the munge package makes it)"

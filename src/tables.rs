@@ -593,6 +593,14 @@ tables! {
         /// Mean validation loss (nats per token) at the training sequence length.
         val_loss: f64,
     }
+
+    /// One row per model a `report` stage gathered (an instance whose output holds a
+    /// `config.json`: `train`, `rope` and `model` kinds), written by the report stage beside its
+    /// report so that `pipe report` can show each model's RoPE without the cache.
+    "model_config" => ModelConfigRow {
+        /// The model's `config.json` (transformers' layout), verbatim.
+        config: String,
+    }
 }
 
 /// A row of a gathered results file: the typed row with the runner's leading columns.
@@ -629,32 +637,26 @@ impl<T> ResultRow<T> {
     }
 }
 
-fn parquet_err<'a>(
-    path: &'a Path,
-    table: &'static str,
-) -> impl Fn(parquet::errors::ParquetError) -> TableError + 'a {
-    move |e| TableError::Parquet {
-        path: path.to_path_buf(),
-        table,
-        message: e.to_string(),
+/// A results-layer error as a table error of `table` at `path`.
+fn table_err(path: &Path, table: &'static str, e: crate::Error) -> TableError {
+    match e {
+        crate::Error::Io { source, .. } => TableError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => TableError::Parquet {
+            path: path.to_path_buf(),
+            table,
+            message: other.to_string(),
+        },
     }
 }
 
+/// Reads through the one Parquet reader, [`crate::results::read_parquet`].
 fn read_batches(path: &Path, table: &'static str) -> Result<Vec<RecordBatch>, TableError> {
-    let file = std::fs::File::open(path).map_err(|source| TableError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(parquet_err(path, table))?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TableError::Parquet {
-            path: path.to_path_buf(),
-            table,
-            message: e.to_string(),
-        })
+    crate::results::read_parquet(path)
+        .map(|(_, batches)| batches)
+        .map_err(|e| table_err(path, table, e))
 }
 
 /// Reads the rows of a per-instance table file (`metrics/<table>.parquet`) or of a gathered
@@ -743,25 +745,10 @@ pub fn read_results<T: Table>(path: &Path) -> Result<Vec<ResultRow<T>>, TableErr
     Ok(out)
 }
 
+/// Writes through the one Parquet writer, [`crate::results::write_parquet`]: atomically, zstd.
 fn write_batch(path: &Path, table: &'static str, batch: &RecordBatch) -> Result<(), TableError> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| TableError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    let file = std::fs::File::create(path).map_err(|source| TableError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-        .build();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props))
-        .map_err(parquet_err(path, table))?;
-    writer.write(batch).map_err(parquet_err(path, table))?;
-    writer.close().map_err(parquet_err(path, table))?;
-    Ok(())
+    crate::results::write_parquet(path, batch.schema(), std::slice::from_ref(batch))
+        .map_err(|e| table_err(path, table, e))
 }
 
 /// Writes rows as a per-instance table file (the table's own columns only).
@@ -802,7 +789,7 @@ pub fn results_batch<T: Table>(rows: &[ResultRow<T>]) -> Result<RecordBatch, Tab
     for name in &matrix_names {
         let values: Vec<Option<&serde_json::Value>> =
             rows.iter().map(|r| r.matrix_value(name)).collect();
-        let ty = crate::pipeline::results::matrix_type(&values);
+        let ty = crate::results::matrix_type(&values);
         let array: ArrayRef = match ty {
             DataType::Int64 => Arc::new(Int64Array::from(
                 values
@@ -953,7 +940,8 @@ mod tests {
                 "attention_divergence",
                 "entropy_vs_error",
                 "train_log",
-                "val_log"
+                "val_log",
+                "model_config"
             ]
         );
         for t in all_tables() {
@@ -1075,7 +1063,7 @@ mod tests {
 
     #[test]
     fn the_runners_gathered_tables_read_back_as_typed_rows() {
-        use crate::pipeline::results::{InstanceInfo, gather_tables};
+        use crate::results::{InstanceInfo, gather_tables};
         let dir = tempfile::tempdir().unwrap();
         let mut instances = Vec::new();
         for (i, variant) in ["pi", "yarn"].iter().enumerate() {

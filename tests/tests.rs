@@ -1,6 +1,7 @@
 //! The integration test binary: one module per area.
 
 mod analysis;
+mod bad_input;
 mod data;
 mod eval;
 mod model;

@@ -3,12 +3,14 @@
 //! Everything here works on plain slices and numbers, so that it can be unit-tested by hand and
 //! reused whatever the model or backend: needle reply scoring ([`scoring`]), attention entropy
 //! ([`entropy`]), KL/JS divergence ([`divergence`]), relative-distance bucketing and the mean
-//! attention-by-distance profile ([`distance`]), and the entropy-vs-error statistics
-//! ([`auroc`]). All logarithms are natural: entropies and divergences are in nats.
+//! attention-by-distance profile ([`distance`]), the entropy-vs-error statistics
+//! ([`auroc`]) and RULER's effective length ([`effective`]). All logarithms are natural:
+//! entropies and divergences are in nats.
 
 pub mod auroc;
 pub mod distance;
 pub mod divergence;
+pub mod effective;
 pub mod entropy;
 pub mod inference;
 pub mod scoring;

@@ -61,6 +61,19 @@ pub enum DataError {
     /// A haystack that cannot be built as asked.
     #[error("haystack: {0}")]
     Haystack(String),
+    /// A haystack length that cannot hold the task's fixed text (instruction, needle, question
+    /// and answer) before any filler.
+    #[error(
+        "haystack: length {length} is too short for the {task} template: it takes {fixed} tokens before any filler"
+    )]
+    HaystackTooShort {
+        /// The needle task.
+        task: &'static str,
+        /// The length asked for.
+        length: usize,
+        /// Tokens of the fixed text.
+        fixed: usize,
+    },
 }
 
 impl DataError {

@@ -554,10 +554,11 @@ impl HaystackBuilder {
             + question.len()
             + answer_ids.len();
         if fixed > length {
-            return Err(DataError::Haystack(format!(
-                "length {length} is too short for the {} template: it takes {fixed} tokens before any filler",
-                task.name()
-            )));
+            return Err(DataError::HaystackTooShort {
+                task: task.name(),
+                length,
+                fixed,
+            });
         }
         let budget = length - fixed;
         let filler = self.filler_tokens(budget, &mut rng)?;

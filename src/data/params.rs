@@ -230,6 +230,14 @@ impl Default for SplitParams {
     }
 }
 
+/// A tokenizer to train on a training split that every document left for validation.
+pub(crate) fn bpe_without_training_split() -> DataError {
+    DataError::param(
+        "tokenizer.train_bpe",
+        "trains on the training split, which is empty (every document went to validation): for an evaluation-only corpus give the model's tokenizer, `tokenizer = { path = .. }` or `{ from = .. }`",
+    )
+}
+
 impl DataPrepParams {
     /// Checks the values that serde cannot (ranges, combinations).
     pub fn validate(&self) -> Result<(), DataError> {
@@ -251,7 +259,32 @@ impl DataPrepParams {
                 ),
             ));
         }
+        if self.filter.max_documents == Some(0) {
+            return Err(DataError::param(
+                "filter.max_documents",
+                "must be at least 1",
+            ));
+        }
+        if let SourceParams::Text(t) = &self.source
+            && t.separator.as_deref() == Some("")
+        {
+            return Err(DataError::param(
+                "source.text.separator",
+                "is empty: give the string that separates documents (e.g. \"\\n\\n\"), or leave it out for one document per file",
+            ));
+        }
+        for (key, token) in [
+            ("bos_token", &self.bos_token),
+            ("eos_token", &self.eos_token),
+        ] {
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(DataError::param(key, "is empty"));
+            }
+        }
         if let TokenizerParams::TrainBpe(bpe) = &self.tokenizer {
+            if f >= 1.0 && self.split.valid_documents.is_none() {
+                return Err(bpe_without_training_split());
+            }
             if bpe.vocab_size < 300 {
                 return Err(DataError::param(
                     "tokenizer.train_bpe.vocab_size",

@@ -214,10 +214,7 @@ pub fn prepare(params: &DataPrepParams, ctx: &PrepareContext) -> Result<DataStat
                 })
                 .collect();
             if texts.is_empty() {
-                return Err(DataError::param(
-                    "tokenizer.train_bpe",
-                    "trains on the training split, which is empty (every document went to validation): for an evaluation-only corpus give the model's tokenizer, `tokenizer = { path = .. }` or `{ from = .. }`",
-                ));
+                return Err(super::params::bpe_without_training_split());
             }
             progress.start("train tokenizer", 1);
             let bos = params.bos_token.as_deref().unwrap_or("<s>");

@@ -84,6 +84,9 @@ impl SyntheticParams {
     /// Checks ranges that the generator relies on.
     pub fn validate(&self) -> Result<(), DataError> {
         let key = |k: &str| format!("source.synthetic.{k}");
+        if self.documents == 0 {
+            return Err(DataError::param(&key("documents"), "must be at least 1"));
+        }
         if self.min_tokens < 48 {
             return Err(DataError::param(
                 &key("min_tokens"),
@@ -108,11 +111,13 @@ impl SyntheticParams {
                 format!("{} is not in [0, 1]", self.passkey_fraction),
             ));
         }
-        if !(1..=8).contains(&self.value_digits) || !(1..=8).contains(&self.passkey_digits) {
-            return Err(DataError::param(
-                &key("value_digits"),
-                "value_digits and passkey_digits must be in 1..=8",
-            ));
+        for (k, v) in [
+            ("value_digits", self.value_digits),
+            ("passkey_digits", self.passkey_digits),
+        ] {
+            if !(1..=8).contains(&v) {
+                return Err(DataError::param(&key(k), format!("{v} is not in 1..=8")));
+            }
         }
         if !(16..=4000).contains(&self.filler_words) {
             return Err(DataError::param(

@@ -423,6 +423,7 @@ impl TrialLog {
         self.file.write_all(line.as_bytes()).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.records.insert(record.cell.clone(), record);
+        crate::failpoint::hit("needle-trial");
         Ok(())
     }
 }

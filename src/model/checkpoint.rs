@@ -258,6 +258,7 @@ fn expected_names(c: &LlamaConfig) -> Vec<String> {
 /// Load a Hugging Face checkpoint directory (config.json + safetensors) onto `device`.
 pub fn load_llama(dir: &Path, device: &Device) -> Result<Llama> {
     let config = LlamaConfig::load(dir)?;
+    config.check_fits_in_memory(&format!("the model in {}", dir.display()))?;
     let files = weight_files(dir)?;
     let store = Store::open(&files)?;
     let expected = expected_names(&config);
@@ -598,10 +599,66 @@ fn model_files(dir: &Path, weights: Vec<PathBuf>) -> Vec<PathBuf> {
     files
 }
 
+/// Refuses weights holding NaN or an infinity, naming the file and the tensor: such a model
+/// evaluates to NaN everywhere (perplexity NaN, every needle trial failed, entropies NaN).
+fn check_finite(files: &[PathBuf]) -> Result<()> {
+    use rayon::prelude::*;
+    for path in files {
+        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // SAFETY: read-only mapping of a file we do not modify.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let st = SafeTensors::deserialize(&map)
+            .map_err(|e| ModelError::checkpoint(path, format!("not a safetensors file: {e}")))?;
+        let mut names = st.names();
+        names.sort();
+        for name in names {
+            let view = st
+                .tensor(name)
+                .map_err(|e| ModelError::checkpoint(path, format!("tensor `{name}`: {e}")))?;
+            // A value is NaN or infinite when its exponent bits are all ones.
+            let (width, mask): (usize, u32) = match view.dtype() {
+                Dtype::F32 => (4, 0x7f80_0000),
+                Dtype::F16 => (2, 0x7c00),
+                Dtype::BF16 => (2, 0x7f80),
+                _ => continue,
+            };
+            let bad = view.data().par_chunks_exact(width).position_any(|b| {
+                let bits = match *b {
+                    [a, b, c, d] => u32::from_le_bytes([a, b, c, d]),
+                    [a, b] => u32::from(u16::from_le_bytes([a, b])),
+                    _ => 0,
+                };
+                bits & mask == mask
+            });
+            if let Some(i) = bad {
+                return Err(ModelError::checkpoint(
+                    path,
+                    format!(
+                        "tensor `{name}` holds NaN or infinite values (one at element {i}): the weights are broken"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Validate `src` ([`inspect_checkpoint`]) and copy its model files into `dst` (created if
 /// needed), keeping names. Returns the info of the copy (its `files` under `dst`).
 pub fn import_checkpoint(src: &Path, dst: &Path) -> Result<CheckpointInfo> {
     let info = inspect_checkpoint(src)?;
+    check_finite(&weight_files(src)?)?;
+    // The tokenizer and generation files are read downstream from the cache's copy: one that
+    // is not even JSON is named here, as the user's file, not there as a cache path (a data
+    // stage that reads the tokenizer names the user's file in its context too).
+    for f in &info.files {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if OPTIONAL_FILES.contains(&name) {
+            let text = std::fs::read_to_string(f).map_err(|e| ModelError::io(f, e))?;
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| ModelError::checkpoint(f, format!("not valid JSON: {e}")))?;
+        }
+    }
     std::fs::create_dir_all(dst).map_err(|e| ModelError::io(dst, e))?;
     for f in &info.files {
         let name = f.file_name().expect("checkpoint files have names");

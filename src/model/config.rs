@@ -113,24 +113,60 @@ impl LlamaConfig {
         self.num_attention_heads / self.num_key_value_heads
     }
 
-    /// Number of parameters of the model this config describes.
+    /// Number of parameters of the model this config describes (`usize::MAX` when that
+    /// overflows: see [`Self::checked_num_params`]).
     pub fn num_params(&self) -> usize {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let (q, kv) = (
-            self.num_attention_heads * self.head_dim,
-            self.num_key_value_heads * self.head_dim,
+        self.checked_num_params().unwrap_or(usize::MAX)
+    }
+
+    /// Number of parameters, or `None` when it does not fit a `usize` (a config with absurd
+    /// sizes, refused before anything is allocated).
+    pub fn checked_num_params(&self) -> Option<usize> {
+        let n = |x: usize| x as u128;
+        let (h, i, v) = (
+            n(self.hidden_size),
+            n(self.intermediate_size),
+            n(self.vocab_size),
         );
-        let mut attn = h * q + 2 * h * kv + q * h;
+        let q = n(self.num_attention_heads).checked_mul(n(self.head_dim))?;
+        let kv = n(self.num_key_value_heads).checked_mul(n(self.head_dim))?;
+        let mut attn = h.checked_mul(q.checked_mul(2)?.checked_add(kv.checked_mul(2)?)?)?;
         if self.attention_bias {
-            attn += q + 2 * kv;
+            attn = attn.checked_add(q.checked_add(kv.checked_mul(2)?)?)?;
         }
         if self.o_proj_bias {
-            attn += h;
+            attn = attn.checked_add(h)?;
         }
-        let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
-        let layer = attn + mlp + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_hidden_layers * layer + h + head
+        let mut mlp = h.checked_mul(i)?.checked_mul(3)?;
+        if self.mlp_bias {
+            mlp = mlp.checked_add(2 * i + h)?;
+        }
+        let layer = attn.checked_add(mlp)?.checked_add(2 * h)?;
+        let embed = v.checked_mul(h)?;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        let total = n(self.num_hidden_layers)
+            .checked_mul(layer)?
+            .checked_add(embed)?
+            .checked_add(h)?
+            .checked_add(head)?;
+        usize::try_from(total).ok()
+    }
+
+    /// Refuses a model whose f32 weights alone would not fit in the memory available now (Linux:
+    /// `MemAvailable`, or the cgroup's limit when lower), naming its size: allocating it would
+    /// abort the process instead. `what` names the model in the message.
+    pub fn check_fits_in_memory(&self, what: &str) -> Result<()> {
+        let params = self.checked_num_params();
+        let bytes = params.map_or(u64::MAX, |p| (p as u64).saturating_mul(4));
+        match crate::model::memory::available_bytes() {
+            Some(avail) if bytes > avail => Err(ModelError::TooLarge {
+                what: what.to_string(),
+                params: params.map_or("more than 2^64".into(), |p| p.to_string()),
+                bytes,
+                available: avail,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Check sizes and RoPE. `source` names the file in errors.

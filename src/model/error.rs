@@ -35,6 +35,22 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
+    /// A model too large for the memory available, refused before it is allocated.
+    #[error(
+        "{what} has {params} parameters: {} of f32 weights, more than the {} of memory available",
+        crate::cli::human_bytes(*bytes),
+        crate::cli::human_bytes(*available)
+    )]
+    TooLarge {
+        /// The model (a file, a stage's `model` table).
+        what: String,
+        /// Its parameter count, as text (it may not fit an integer).
+        params: String,
+        /// Bytes of its f32 weights.
+        bytes: u64,
+        /// Bytes of memory available.
+        available: u64,
+    },
     /// A call was given inputs of the wrong shape or range.
     #[error("{0}")]
     Input(String),

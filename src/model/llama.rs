@@ -260,6 +260,7 @@ impl Llama {
     /// Seed the device (`device.seed(s)`) first for a reproducible model.
     pub fn init(config: &LlamaConfig, device: &Device) -> Result<Self> {
         config.validate("model config")?;
+        config.check_fits_in_memory("the new model")?;
         let c = config;
         let std = 0.02;
         let (h, hd) = (c.hidden_size, c.head_dim);

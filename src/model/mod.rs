@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
 pub mod llama;
+pub mod memory;
 pub mod rope;
 
 pub use attention::AttentionBlocks;

@@ -5,7 +5,9 @@
 //! JSON copy of its key (`.pipe-key.json`) inside. A file lock per key (`locks/<key>.lock`, std's
 //! `File::lock`) makes two concurrent runs build a key once. Per-instance records
 //! (`instances/<pipeline>/<instance>.json`) hold the last key built for each instance so that
-//! `status` can explain what changed since.
+//! `status` can explain what changed since; a record is written as part of the commit, before
+//! the entry appears. docs/runner.md ("Faults") says what a kill at each step of a commit leaves;
+//! tests/runner/faults.rs kills `pipe` at each (src/failpoint.rs).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -15,22 +17,10 @@ use std::time::SystemTime;
 
 use super::key::KeyRecord;
 use crate::error::{Error, Result};
+use crate::results::write_atomic;
 
 /// File name of the key copy inside an entry.
 pub const KEY_FILE: &str = ".pipe-key.json";
-
-/// Write `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("cannot write in", dir, e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| Error::io("cannot write", path, e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("cannot write", path, e.error))?;
-    Ok(())
-}
 
 /// A cache directory.
 #[derive(Debug, Clone)]
@@ -205,13 +195,18 @@ impl Cache {
         Ok(dir)
     }
 
-    /// Move a finished build into place (replacing an existing entry when forced), then remove
-    /// its `scratch` folders (checkpoints): they stay until the entry is in place, so a kill at
-    /// any moment leaves something to resume from or a complete entry. Temporary files of
-    /// writes a killed attempt never finished are removed before. Call with the key's lock held.
+    /// Commit a finished build: write its key file and the instance's record, move it into place
+    /// (replacing an existing entry when forced), then remove its `scratch` folders
+    /// (checkpoints): they stay until the entry is in place, so a kill at any moment leaves
+    /// something to resume from or a complete entry. Temporary files of writes a killed attempt
+    /// never finished, and the work lock, are removed first. Call with the key's lock held.
     pub fn commit(&self, record: &KeyRecord, scratch: &[&str]) -> Result<PathBuf> {
         let partial = self.partial(&record.key);
         remove_temporaries(&partial)?;
+        let work_lock = partial.join(crate::stages::WORK_LOCK);
+        if work_lock.exists() {
+            fs::remove_file(&work_lock).map_err(|e| Error::io("cannot remove", &work_lock, e))?;
+        }
         if !scratch.is_empty() {
             // Left behind by a kill between the rename and the removal below: finished by
             // `finish_commit` (gc, ls).
@@ -220,6 +215,11 @@ impl Cache {
         }
         let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
         write_atomic(&partial.join(KEY_FILE), &bytes)?;
+        // The instance's record before the entry appears: a kill at any later moment leaves a
+        // record that names the entry (or its build, committed by the next run), so `status`
+        // always explains a change against what was built last.
+        crate::failpoint::hit("instance-record");
+        self.write_record(record)?;
         let entry = self.entry(&record.key);
         if entry.exists() {
             let old = self
@@ -228,9 +228,17 @@ impl Cache {
             fs::rename(&entry, &old).map_err(|e| Error::io("cannot replace", &entry, e))?;
             fs::remove_dir_all(&old).map_err(|e| Error::io("cannot remove", &old, e))?;
         }
+        crate::failpoint::hit("entry-rename");
         fs::rename(&partial, &entry).map_err(|e| Error::io("cannot move into place", &entry, e))?;
+        crate::failpoint::hit("entry-scratch");
         finish_commit(&entry)?;
         Ok(entry)
+    }
+
+    /// Finish the commit of entry `key` if a kill interrupted it (its scratch folders are still
+    /// there; see [`Cache::commit`]).
+    pub fn finish_commit(&self, key: &str) -> Result<()> {
+        finish_commit(&self.entry(key))
     }
 
     fn lock_path(&self, key: &str) -> PathBuf {

@@ -22,7 +22,7 @@ use super::key::{FileHasher, KeyFields, KeyRecord, canonical, compare};
 use super::spec::Pipeline;
 use super::ui::{InstanceProgress, Ui};
 use crate::error::{Error, Result};
-use crate::stages::{Resources, Upstream};
+use crate::stages::{Resources, Upstream, WorkLock};
 
 /// What a run should do.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +45,9 @@ pub enum RunReason {
     Missing,
     /// Built before with this very key, but the entry is gone.
     EntryRemoved,
+    /// Its build finished, but the run was stopped (killed) before the entry was committed:
+    /// the record is written first, the build directory is still there.
+    Uncommitted,
 }
 
 impl std::fmt::Display for RunReason {
@@ -54,6 +57,7 @@ impl std::fmt::Display for RunReason {
             RunReason::Forced => "forced",
             RunReason::Missing => "missing",
             RunReason::EntryRemoved => "missing: its cache entry was removed",
+            RunReason::Uncommitted => "uncommitted: a run was stopped while committing it",
         })
     }
 }
@@ -279,12 +283,21 @@ pub fn plan(pipeline: Pipeline, graph: Graph, cache: &Cache, sel: &Selection) ->
         }
         if cached {
             status[i] = Status::Cached;
+            // A run killed right after renaming the entry into place left its scratch folders
+            // (checkpoints): finish that commit now.
+            cache.finish_commit(&records[i].key)?;
         } else if builds {
             status[i] = if forced[i] {
                 Status::Run(RunReason::Forced)
             } else {
                 match cache.last_record(&pipeline.header.name, &graph.instances[i].name) {
-                    Some(old) if old.key == records[i].key => Status::Run(RunReason::EntryRemoved),
+                    Some(old) if old.key == records[i].key => {
+                        Status::Run(if cache.partial(&old.key).is_dir() {
+                            RunReason::Uncommitted
+                        } else {
+                            RunReason::EntryRemoved
+                        })
+                    }
                     Some(old) => {
                         let reasons = compare(&old, &records[i]);
                         if reasons.is_empty() {
@@ -391,6 +404,9 @@ pub struct Claim {
 pub enum Prepared {
     /// Another process holds the key's lock (it is building it): try again later.
     Busy,
+    /// A process an earlier, killed run started still writes the build directory (it holds the
+    /// directory's [`WorkLock`]): try again when it has ended.
+    Orphaned,
     /// Another run built it since the plan was made.
     Cached,
     /// This run builds it.
@@ -462,6 +478,10 @@ pub fn prepare(
         cache.write_record(record).map_err(cache_err)?;
         return Ok(Prepared::Cached);
     }
+    // A re-attached cluster job holds it rightfully.
+    if !keep_partial && WorkLock::held(&cache.partial(&record.key)) {
+        return Ok(Prepared::Orphaned);
+    }
     let out_dir = cache
         .begin(&record.key, plan.resumable[i] || keep_partial)
         .map_err(cache_err)?;
@@ -489,7 +509,7 @@ pub fn finish(
     cache
         .commit(&claim.record, &claim.scratch)
         .map_err(cache_err)?;
-    cache.write_record(&claim.record).map_err(cache_err)
+    Ok(())
 }
 
 /// How long the scheduler waits for an executor event before looking again (locks held by
@@ -599,6 +619,13 @@ pub fn execute(
                         if busy_noted.insert(i) {
                             ui.println(&format!(
                                 "  {name}: waiting for another pipe run building the same key"
+                            ));
+                        }
+                    }
+                    Ok(Prepared::Orphaned) => {
+                        if busy_noted.insert(i) {
+                            ui.println(&format!(
+                                "  {name}: waiting for a process of an earlier, killed run that still writes its build directory"
                             ));
                         }
                     }

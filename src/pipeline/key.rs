@@ -253,7 +253,7 @@ impl FileHasher {
         if memo.1
             && let Ok(bytes) = serde_json::to_vec(&memo.0)
         {
-            let _ = crate::pipeline::cache::write_atomic(&self.memo_path, &bytes);
+            let _ = crate::results::write_atomic(&self.memo_path, &bytes);
         }
     }
 }

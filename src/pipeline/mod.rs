@@ -2,7 +2,7 @@
 //!
 //! `spec` (TOML to checked stages) -> `graph` (instances, DAG) -> `exec::plan` (keys, statuses)
 //! -> `exec::execute` (the scheduler, handing `job::Job`s to an `executor`) -> `results`
-//! (Parquet tables, `runs`, `run.json`).
+//! (Parquet tables, `runs`, `run.json`; the leaf module `crate::results`).
 
 pub mod cache;
 pub mod exec;
@@ -10,10 +10,12 @@ pub mod executor;
 pub mod graph;
 pub mod job;
 pub mod key;
-pub mod results;
 pub mod schema;
 pub mod spec;
 pub mod ui;
+/// The results module is a leaf of the crate (stages and tables write through it too); it is
+/// re-exported here, where the runner's users have always found it.
+pub use crate::results;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -32,9 +34,48 @@ pub fn load(file: &Path, sets: &[String]) -> Result<(spec::Pipeline, graph::Grap
     Ok((p, g))
 }
 
+/// Every external file an instance reads exists, so that `pipe run` (`--dry-run` too) and
+/// `pipe status` name a missing corpus, checkpoint or program at its stage, before anything
+/// runs; the key computation would fail on it too, without the stage's line. Not part of
+/// [`load`]: `pipe validate` checks the file itself, which stays valid on a machine that has
+/// not fetched the data yet (`pipelines/real-smollm2.toml`).
+fn check_inputs(p: &spec::Pipeline, g: &graph::Graph) -> Result<()> {
+    let mut errors = Vec::new();
+    for inst in &g.instances {
+        let stage = &p.stages[inst.stage];
+        let files = stage
+            .kind
+            .inputs(&inst.params, &p.dir)
+            .map_err(|e| Error::Usage(format!("instance `{}`: {e:#}", inst.name)))?;
+        for f in files {
+            let path = p.dir.join(&f);
+            if std::fs::symlink_metadata(&path).is_err() {
+                let e = crate::error::SpecError {
+                    location: stage.location.clone(),
+                    message: format!(
+                        "instance `{}` reads `{}`, which does not exist ({})",
+                        inst.name,
+                        f.display(),
+                        path.display()
+                    ),
+                };
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(Box::new(errors.remove(0)).into()),
+        _ => Err(Error::Specs(errors)),
+    }
+}
+
 /// Load and plan against `cache`.
 pub fn plan(file: &Path, sets: &[String], cache: &Cache, sel: &Selection) -> Result<Plan> {
     let (p, g) = load(file, sets)?;
+    check_inputs(&p, &g)?;
     exec::plan(p, g, cache, sel)
 }
 
@@ -253,7 +294,7 @@ fn write_results(
         "gathered": gathered,
     });
     let bytes = serde_json::to_vec_pretty(&provenance).unwrap_or_default();
-    cache::write_atomic(&run_json, &bytes)
+    crate::results::write_atomic(&run_json, &bytes)
 }
 
 /// Every key any instance of these pipeline files has (for `pipe cache gc`).

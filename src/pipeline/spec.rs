@@ -139,10 +139,12 @@ impl Source {
         };
         let before = &self.text[segment_start..start];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        // In the file, the line; in the `--set` arguments, which one (`--set:2:` is the second):
+        // each is appended after a newline.
         let line = if segment_start == 0 {
             before.matches('\n').count() + 1
         } else {
-            1
+            self.text[self.file_len..start].matches('\n').count()
         };
         let column = before[line_start..].chars().count() + 1;
         let abs_line_start = segment_start + line_start;
@@ -374,6 +376,18 @@ fn check_header(source: &Source, v: &Value<'_>, h: Header) -> Result<Header, Spe
             format!(
                 "`{}` cannot be a directory name under results/ (no `/`, `\\`, leading `.` or control characters, at most {MAX_NAME} bytes)",
                 h.name.escape_debug()
+            ),
+        ));
+    }
+    if let Some(r) = &h.results
+        && (r.as_os_str().is_empty() || r.to_string_lossy().chars().any(char::is_control))
+    {
+        return Err(source.error(
+            span_of("results"),
+            "pipeline.results",
+            format!(
+                "`{}` cannot be a results directory (empty, or holding control characters)",
+                r.display().to_string().escape_debug()
             ),
         ));
     }
@@ -726,7 +740,7 @@ fn parse_stage<'i>(
             })?,
         },
     };
-    let needs = parse_needs(source, &name, table.get("needs"), kind)?;
+    let needs = parse_needs(source, &name, name_key.span(), table.get("needs"), kind)?;
     let seed = match table.get("seed") {
         None => None,
         Some(s) => match s
@@ -822,6 +836,7 @@ fn parse_stage<'i>(
             })
             .collect();
     }
+    let given: Vec<&str> = needs.iter().map(|n| n.name.as_str()).collect();
     let mut variants = Vec::new();
     let mut errors: Vec<SpecError> = Vec::new();
     for combo in combos {
@@ -886,7 +901,7 @@ fn parse_stage<'i>(
             }
         };
         match parsed {
-            Ok(params) => match kind.check(&params) {
+            Ok(params) => match kind.check(&params, &given) {
                 Ok(()) => variants.push(Variant {
                     coords,
                     params,
@@ -965,6 +980,7 @@ fn check_error(
 fn parse_needs(
     source: &Source,
     stage: &str,
+    stage_span: Range<usize>,
     needs: Option<&Value<'_>>,
     kind: &dyn ErasedKind,
 ) -> Result<Vec<NeedRef>, Vec<SpecError>> {
@@ -1042,10 +1058,11 @@ fn parse_needs(
     if let Needs::Fixed(decls) = kind.needs() {
         for d in decls.iter().filter(|d| d.required) {
             if !table.contains_key(d.name) {
-                let span = needs.map_or(0..0, |n| n.span());
+                // At the `needs` table, or at the stage's name when it has none.
+                let span = needs.map_or(stage_span.clone(), |n| n.span());
                 errors.push(source.error(
                     span,
-                    &key,
+                    &format!("{key}.{}", d.name),
                     format!(
                         "stage `{stage}` of kind `{}` requires need `{}`",
                         kind.kind(),
@@ -1341,7 +1358,7 @@ mod tests {
         };
         let doc = DeTable::parse(&source.text).unwrap_or_else(|e| panic!("{e}"));
         let kind = stages::Erased::<Fixed>::NEW;
-        match parse_needs(&source, "s", doc.get_ref().get("needs"), &kind) {
+        match parse_needs(&source, "s", 0..0, doc.get_ref().get("needs"), &kind) {
             Ok(refs) => {
                 assert!(
                     refs.iter()

@@ -11,17 +11,22 @@ mod figures;
 mod findings;
 mod lineage;
 mod options;
+mod rope_view;
 mod stats;
 
 pub use data::TableStatus;
 pub use findings::{Finding, SubTest, TestStats, Verdict};
 pub use lineage::{Lineage, RunInfo};
-pub use options::{Group, ModelId, ReportOptions, compact_number, method_label, variant_of};
+pub use options::{
+    Classifier, Group, ModelId, ReportOptions, compact_number, method_label, variant_of,
+};
 
+use crate::analysis::effective::effective_length;
 use crate::report::plots::{Scale, VLine};
 use crate::report::tables::{Align, format_value, markdown_table};
 use data::{Metric, Study, cell, lengths_of};
 use figures::{Figures, distance_lengths};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -59,7 +64,8 @@ pub struct ReportSummary {
     pub problems: Vec<String>,
 }
 
-fn check(opts: &ReportOptions) -> Result<(), ReportError> {
+/// Checks the options' values (the `report` kind's parse-time check calls it too).
+pub fn check(opts: &ReportOptions) -> Result<(), ReportError> {
     if !(opts.alpha > 0.0 && opts.alpha < 1.0) {
         return Err(ReportError::Option {
             key: "alpha",
@@ -71,6 +77,20 @@ fn check(opts: &ReportOptions) -> Result<(), ReportError> {
             key: "resamples",
             message: "must be at least 1".into(),
         });
+    }
+    for (key, v) in [
+        ("adaptation_gate", opts.adaptation_gate),
+        (
+            "effective_length_threshold",
+            opts.effective_length_threshold,
+        ),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(ReportError::Option {
+                key,
+                message: format!("{v} must be a needle accuracy in [0, 1]"),
+            });
+        }
     }
     for (key, v) in [
         ("pretrained_length", opts.pretrained_length),
@@ -135,7 +155,8 @@ pub fn write_report(
     inputs_section(&mut md, &study);
     findings_section(&mut md, &found);
     ppl_section(&mut md, &study, opts, &mut figs);
-    needle_section(&mut md, &study, &mut figs);
+    needle_section(&mut md, &study, opts, &mut figs);
+    rope_view::frequency_section(&mut md, &study, &mut figs);
     attention_section(&mut md, &study, &mut figs);
     entropy_error_section(&mut md, &study);
     training_section(&mut md, &study, &mut figs);
@@ -545,7 +566,7 @@ fn ppl_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: &mut 
     }
 }
 
-fn needle_section(md: &mut String, study: &Study, figs: &mut Figures) {
+fn needle_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: &mut Figures) {
     if !section_heading(md, study, "## Needle retrieval", "needle") {
         return;
     }
@@ -580,6 +601,55 @@ fn needle_section(md: &mut String, study: &Study, figs: &mut Figures) {
         md.push_str(&img);
         md.push('\n');
     }
+    effective_length_table(md, study, &ids, opts.effective_length_threshold);
+}
+
+/// RULER's effective length per model and seed: the longest tested length up to which needle
+/// accuracy stays at or above `threshold`.
+fn effective_length_table(md: &mut String, study: &Study, ids: &[&ModelId], threshold: f64) {
+    let acc = study.needle_accuracy();
+    let seeds: BTreeSet<Option<i64>> = acc
+        .values()
+        .flat_map(|l| l.values().flat_map(|s| s.keys().copied()))
+        .collect();
+    let rows: Vec<Vec<String>> = ids
+        .iter()
+        .filter_map(|id| {
+            let by_len = acc.get(*id)?;
+            let cells = seeds.iter().map(|seed| {
+                let curve: BTreeMap<i64, f64> = by_len
+                    .iter()
+                    .filter_map(|(l, s)| s.get(seed).map(|a| (*l, *a)))
+                    .collect();
+                effective_length(&curve, threshold)
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            });
+            Some(std::iter::once(study.label(id)).chain(cells).collect())
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let header: Vec<String> = std::iter::once("model".to_string())
+        .chain(seeds.iter().map(|s| match s {
+            Some(s) => format!("seed {s}"),
+            None => "all".to_string(),
+        }))
+        .collect();
+    let align: Vec<Align> = std::iter::once(Align::Left)
+        .chain(seeds.iter().map(|_| Align::Right))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Effective length (RULER's measure): the longest tested length up to which needle \
+         accuracy stays at or above {threshold} (the `effective_length_threshold` option), read \
+         from the shortest length upwards and stopping at the first length below it; `≥` when \
+         every tested length passes, `<` when the shortest already fails. One number per model \
+         and seed:\n"
+    );
+    md.push_str(&markdown_table(&header, &rows, &align));
+    md.push('\n');
 }
 
 fn attention_section(md: &mut String, study: &Study, figs: &mut Figures) {

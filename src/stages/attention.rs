@@ -100,7 +100,21 @@ impl StageKind for Attention {
             ("query_block", p.query_block),
             ("key_block", p.key_block),
             ("chunk", p.chunk),
-        ])
+        ])?;
+        if let Some(l) = p.reference_length {
+            check_lengths(&[l], 2, "reference_length")?;
+        }
+        Ok(())
+    }
+
+    fn check_needs(p: &AttentionParams, given: &[&str]) -> Result<(), ParamError> {
+        if p.reference_length.is_some() && !given.contains(&"reference") {
+            return Err(ParamError::new(
+                "reference_length",
+                "is set but the stage has no `reference` need (add `needs.reference`, or remove it)",
+            ));
+        }
+        Ok(())
     }
 
     fn resources(_: &AttentionParams, device: &str) -> Resources {

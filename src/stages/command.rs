@@ -53,6 +53,40 @@ fn local_program(args: &[String]) -> Option<&Path> {
     (program.is_relative() && program.components().count() > 1).then_some(program)
 }
 
+/// The longest `:`-joined directory list passed in `PIPE_NEED_<NAME>` (bytes); longer lists are
+/// only in `PIPE_NEED_<NAME>_FILE`. Linux refuses any one environment string over 128 KiB.
+pub const NEED_ENV_MAX: usize = 64 * 1024;
+
+/// A need's directories, one per line, in a temporary file that lives as long as this value.
+struct NeedList {
+    file: tempfile::NamedTempFile,
+    /// The length of the `:`-joined form, in bytes.
+    joined_len: usize,
+}
+
+impl NeedList {
+    fn write<'a>(dirs: impl Iterator<Item = &'a Path>) -> std::io::Result<NeedList> {
+        use std::io::Write;
+        let dirs: Vec<String> = dirs.map(|d| d.to_string_lossy().to_string()).collect();
+        let mut file = tempfile::Builder::new()
+            .prefix("pipe-need-")
+            .suffix(".txt")
+            .tempfile()?;
+        for d in &dirs {
+            writeln!(file, "{d}")?;
+        }
+        file.flush()?;
+        Ok(NeedList {
+            file,
+            joined_len: dirs
+                .iter()
+                .map(|d| d.len() + 1)
+                .sum::<usize>()
+                .saturating_sub(1),
+        })
+    }
+}
+
 /// `PIPE_NEED_<NAME>`: upper case, anything but letters and digits becomes `_`.
 pub fn need_env_name(name: &str) -> String {
     let mut out = String::from("PIPE_NEED_");
@@ -92,6 +126,26 @@ impl StageKind for Command {
         if params.args.is_empty() {
             return Err(ParamError::new("args", "is empty: give the program to run"));
         }
+        if params.args[0].is_empty() {
+            return Err(ParamError::new("args", "names an empty program"));
+        }
+        if let Some(a) = params.args.iter().find(|a| a.contains('\0')) {
+            return Err(ParamError::new(
+                "args",
+                format!("`{}` holds a NUL character", a.escape_debug()),
+            ));
+        }
+        for (name, value) in &params.env {
+            if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+                return Err(ParamError::new(
+                    format!("env.{name}"),
+                    format!(
+                        "`{}` is not an environment variable name (empty, or holding `=` or NUL) or its value holds NUL",
+                        name.escape_debug()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -109,11 +163,30 @@ impl StageKind for Command {
         };
         let mut cmd = Process::new(&program);
         cmd.args(&params.args[1..]).current_dir(ctx.out_dir);
+        // Each need's directories, one per line, in a file (kept until the program ends), and
+        // `:`-separated in the environment where that fits: one environment string holds at
+        // most 128 KiB, and a gather of thousands of instances would not start at all.
+        let mut need_files = Vec::new();
         for (name, ups) in ctx.needs {
-            let dirs = std::env::join_paths(ups.iter().map(|u| &u.dir))
-                .with_context(|| format!("need `{name}`: a directory name contains `:`"))?;
-            cmd.env(need_env_name(name), dirs);
+            let list = NeedList::write(ups.iter().map(|u| u.dir.as_path()))
+                .with_context(|| format!("need `{name}`: writing its list of directories"))?;
+            cmd.env(format!("{}_FILE", need_env_name(name)), list.file.path());
+            if list.joined_len <= NEED_ENV_MAX {
+                let dirs = std::env::join_paths(ups.iter().map(|u| &u.dir))
+                    .with_context(|| format!("need `{name}`: a directory name contains `:`"))?;
+                cmd.env(need_env_name(name), dirs);
+            } else {
+                ctx.progress.message(&format!(
+                    "need `{name}`: {} directories ({} bytes) are too many for {}; the program finds them in {}_FILE",
+                    ups.len(),
+                    list.joined_len,
+                    need_env_name(name),
+                    need_env_name(name)
+                ));
+            }
+            need_files.push(list);
         }
+        let work_lock = super::WorkLock::hold(ctx.out_dir)?;
         cmd.env("PIPE_PARAMS", serde_json::to_string(params)?)
             .env("PIPE_SEED", ctx.seed.to_string())
             .env("PIPE_DEVICE", ctx.device)
@@ -128,11 +201,19 @@ impl StageKind for Command {
         // Its own process group (the whole group is killed if `run` leaves early), and killed
         // when the thread that started it dies, even by kill -9 of `pipe`: an orphan would go
         // on writing into the build directory beside the re-run that replaces it.
+        // The program and whatever it starts inherit the build directory's work lock: a
+        // process that outlives `pipe` (a background job of the script, which the parent-death
+        // signal does not reach) keeps it held, and no later run builds into the directory
+        // beside it (`WorkLock`).
         cmd.process_group(0);
-        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        let lock_fd = work_lock.fd();
+        // SAFETY: prctl(2) and fcntl(2) are async-signal-safe and touch no memory of the parent.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -173,6 +254,8 @@ impl StageKind for Command {
             (err, status)
         });
         let status = status?;
+        drop(need_files);
+        drop(work_lock);
         std::fs::write(logs.join("stderr.txt"), &err)?;
         ctx.progress.advance(1);
         if !status.success() {

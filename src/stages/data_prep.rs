@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::{Ctx, NeedDecl, Needs, StageKind};
+use super::{Ctx, NeedDecl, Needs, ParamError, StageKind};
 use crate::data::{
-    DataPrepParams, FORMAT_VERSION, PrepareContext, TokenizerParams, external_files, prepare,
+    DataError, DataPrepParams, FORMAT_VERSION, PrepareContext, TokenizerParams, external_files,
+    prepare,
 };
 
 /// Prepares a corpus.
@@ -40,6 +41,28 @@ impl StageKind for DataPrep {
             .collect()
     }
 
+    fn check(params: &DataPrepParams) -> Result<(), ParamError> {
+        params.validate().map_err(|e| match e {
+            DataError::Param { key, message } => ParamError::new(key, message),
+            DataError::VocabTooLarge { .. } => {
+                ParamError::new("tokenizer.train_bpe.vocab_size", e.to_string())
+            }
+            other => ParamError::new("", other.to_string()),
+        })
+    }
+
+    fn check_needs(params: &DataPrepParams, given: &[&str]) -> Result<(), ParamError> {
+        match &params.tokenizer {
+            TokenizerParams::From(need) if !given.contains(&need.as_str()) => Err(ParamError::new(
+                "tokenizer.from",
+                format!(
+                    "`{need}` names no need of this stage: add `needs = {{ {need} = \"<stage>\" }}`"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn device_sensitive(_params: &DataPrepParams) -> bool {
         false
     }
@@ -65,7 +88,26 @@ impl StageKind for DataPrep {
                 progress: ctx.progress,
             },
         )
-        .with_context(|| format!("data preparation of `{}`", ctx.instance))?;
+        .with_context(|| {
+            // The tokenizer read is the cache's copy: name the file the user gave too.
+            let origin = match &params.tokenizer {
+                TokenizerParams::From(need) => ctx
+                    .need(need)
+                    .ok()
+                    .filter(|up| up.kind == "model")
+                    .and_then(|up| up.params.get("path")?.as_str().map(str::to_string))
+                    .map(|p| {
+                        let path = ctx.resolve(crate::paths::expand_home(Path::new(&p)));
+                        format!(" (its tokenizer is the one of {})", path.display())
+                    }),
+                _ => None,
+            };
+            format!(
+                "data preparation of `{}`{}",
+                ctx.instance,
+                origin.unwrap_or_default()
+            )
+        })?;
         let tokens: u64 = stats.splits.iter().map(|s| s.tokens).sum();
         ctx.progress.message(&format!("{tokens} tokens"));
         Ok(())

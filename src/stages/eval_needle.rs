@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::eval_io::{check_lengths, check_positive, load_model, open_data, out_path, write_rows};
 use super::{Ctx, NeedDecl, Needs, ParamError, Resources, StageKind};
 use crate::analysis::auroc::BootstrapConfig;
-use crate::data::NeedleTask;
+use crate::data::{DataError, NeedleTask};
 use crate::eval::EvalError;
 use crate::eval::needle::{
     DecodeSettings, EntropySpan, NeedleCell, NeedleGrid, NeedlePrompt, TrialLog, entropy_vs_error,
@@ -124,7 +124,11 @@ impl StageKind for EvalNeedle {
 
     fn check(p: &EvalNeedleParams) -> Result<(), ParamError> {
         check_lengths(&p.lengths, 2, "lengths")?;
-        check_positive(&[("max_new_tokens", p.max_new_tokens), ("trials", p.trials)])?;
+        check_positive(&[
+            ("max_new_tokens", p.max_new_tokens),
+            ("trials", p.trials),
+            ("bootstrap_resamples", p.bootstrap_resamples),
+        ])?;
         for (key, empty) in [
             ("tasks", p.tasks.is_empty()),
             ("depths", p.depths.is_empty()),
@@ -151,6 +155,29 @@ impl StageKind for EvalNeedle {
         let data = open_data(ctx, &model)?;
         let builder = data.haystacks().context("building the haystack builder")?;
         let tokenizer = &data.tokenizer;
+        let seed = ctx.seed;
+
+        // Every cell's haystack is built once before the first trial, so that a length too
+        // short for the task's text fails now, naming the parameter, rather than after the
+        // trials of every shorter-running cell. The tokenizer decides the text's length, so
+        // this cannot be checked when the pipeline is read.
+        ctx.progress.message("checking every haystack");
+        for cell in grid.cells()? {
+            let Some(task) = task_of(&cell.task) else {
+                anyhow::bail!("unknown needle task `{}`", cell.task);
+            };
+            match builder.build(task, cell.length, cell.depth, cell_seed(seed, &cell)) {
+                Ok(_) => {}
+                Err(DataError::HaystackTooShort {
+                    task,
+                    length,
+                    fixed,
+                }) => anyhow::bail!(
+                    "`lengths`: {length} is shorter than the {task} needle text: with this tokenizer the instruction, needle, question and answer take {fixed} tokens before any filler; give lengths of at least {fixed}"
+                ),
+                Err(e) => return Err(e).with_context(|| format!("haystack for {}", cell.id())),
+            }
+        }
 
         // EOS and every token whose text holds a newline end a reply.
         ctx.progress.message("finding stop tokens");
@@ -171,7 +198,6 @@ impl StageKind for EvalNeedle {
             entropy_span: p.entropy_over,
         };
         let decode = |ids: &[u32]| tokenizer.decode(ids, true).map_err(|e| e.to_string());
-        let seed = ctx.seed;
         let mut prompt_for = |cell: &NeedleCell| -> crate::eval::Result<NeedlePrompt> {
             let task = task_of(&cell.task)
                 .ok_or_else(|| EvalError::Input(format!("unknown needle task `{}`", cell.task)))?;

@@ -94,6 +94,16 @@ impl StageKind for EvalPpl {
         for &l in &p.lengths {
             p.mode_for(l)
                 .map_err(|e| ParamError::new("stride", format!("{e:#}")))?;
+            if let Some(s) = p.stride
+                && s > l
+            {
+                return Err(ParamError::new(
+                    "stride",
+                    format!(
+                        "{s} is longer than the length {l}: the tokens between windows would never be scored"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -110,6 +120,15 @@ impl StageKind for EvalPpl {
             bail!(
                 "data `{}` has an empty validation split",
                 ctx.need("data")?.instance
+            );
+        }
+        // Before any forward: a stage that would evaluate nothing is an error, not an empty
+        // table.
+        let shortest = p.lengths.iter().min().copied().unwrap_or(0);
+        if split.docs_at_least(shortest).is_empty() {
+            bail!(
+                "`lengths`: no validation document of data `{}` has {shortest} tokens: nothing was evaluated (lower `lengths` or give the data stage longer documents)",
+                ctx.need("data")?.instance,
             );
         }
         let mut rows = Vec::new();
@@ -166,13 +185,6 @@ impl StageKind for EvalPpl {
                 )),
             }
             rows.extend(out.rows);
-        }
-        if rows.is_empty() {
-            bail!(
-                "no validation document of data `{}` has {} tokens: nothing was evaluated (lower `lengths` or give the data stage longer documents)",
-                ctx.need("data")?.instance,
-                p.lengths.iter().min().copied().unwrap_or(0)
-            );
         }
         write_rows(ctx, &rows)
     }

@@ -261,6 +261,12 @@ pub trait StageKind: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Check parameter values against the needs the stage gives (`given`: their names), e.g. a
+    /// parameter that only means something with a need. Called beside [`StageKind::check`].
+    fn check_needs(_params: &Self::Params, _given: &[&str]) -> Result<(), ParamError> {
+        Ok(())
+    }
+
     /// Resources asked for by default; a stage's `resources = { ... }` overrides them field by
     /// field. E.g. one GPU when `device` starts with `cuda` ([`Resources::for_device`]).
     fn resources(_params: &Self::Params, _device: &str) -> Resources {
@@ -313,6 +319,55 @@ pub struct Upstream {
     pub params: serde_json::Value,
 }
 
+/// File name, inside a build directory, of its work lock (see [`WorkLock`]); removed before the
+/// entry is committed.
+pub const WORK_LOCK: &str = ".pipe-work.lock";
+
+/// A build directory's work lock. A stage that starts processes holds it, and they inherit it
+/// (an `flock` lives while any process holds its descriptor): a process that outlives a killed
+/// `pipe` keeps it held, and the scheduler does not hand the directory to a new build while it
+/// is ([`WorkLock::held`]), so two copies of a program never write one directory.
+pub struct WorkLock {
+    file: std::fs::File,
+}
+
+impl WorkLock {
+    /// Take the work lock of `out_dir`; an error when a process still holds it.
+    pub fn hold(out_dir: &Path) -> anyhow::Result<WorkLock> {
+        let path = out_dir.join(WORK_LOCK);
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(WorkLock { file }),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "{}: a process an earlier run started still writes this build directory; wait for it to end",
+                out_dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                anyhow::bail!("cannot lock {}: {e}", path.display())
+            }
+        }
+    }
+
+    /// The descriptor to hand down to child processes.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
+    }
+
+    /// Whether some process holds the work lock of `out_dir`.
+    pub fn held(out_dir: &Path) -> bool {
+        std::fs::File::options()
+            .write(true)
+            .open(out_dir.join(WORK_LOCK))
+            .is_ok_and(|f| f.try_lock().is_err())
+    }
+}
+
 /// What a running instance gets from the runner.
 pub struct Ctx<'a> {
     /// The stage's name (`extend`).
@@ -360,12 +415,12 @@ impl Ctx<'_> {
 
     /// `out_dir/metrics`, where tables go.
     pub fn metrics_dir(&self) -> PathBuf {
-        self.out_dir.join(crate::pipeline::results::METRICS_DIR)
+        self.out_dir.join(crate::results::METRICS_DIR)
     }
 
     /// Write `batch` as table `table` (`metrics/<table>.parquet`, zstd, atomically).
     pub fn write_table(&self, table: &str, batch: &RecordBatch) -> crate::Result<()> {
-        crate::pipeline::results::write_table(self.out_dir, table, batch)
+        crate::results::write_table(self.out_dir, table, batch)
     }
 }
 
@@ -384,7 +439,8 @@ pub trait ErasedKind: Send + Sync {
     fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
     /// Top-level parameter names, for checking `matrix.<key>`; `None` when unknown.
     fn param_names(&self) -> Option<Vec<String>>;
-    fn check(&self, params: &serde_json::Value) -> Result<(), ParamError>;
+    /// [`StageKind::check`], then [`StageKind::check_needs`] with the names of the needs given.
+    fn check(&self, params: &serde_json::Value, given: &[&str]) -> Result<(), ParamError>;
     fn publishes(&self) -> &'static [&'static str];
     fn scratch(&self, params: &serde_json::Value) -> anyhow::Result<Vec<&'static str>>;
     fn inputs(
@@ -439,8 +495,10 @@ impl<K: StageKind> ErasedKind for Erased<K> {
         let props = schema.as_object()?.get("properties")?.as_object()?;
         Some(props.keys().cloned().collect())
     }
-    fn check(&self, params: &serde_json::Value) -> Result<(), ParamError> {
-        K::check(&typed::<K>(params).map_err(|e| ParamError::new("", format!("{e:#}")))?)
+    fn check(&self, params: &serde_json::Value, given: &[&str]) -> Result<(), ParamError> {
+        let params = typed::<K>(params).map_err(|e| ParamError::new("", format!("{e:#}")))?;
+        K::check(&params)?;
+        K::check_needs(&params, given)
     }
     fn publishes(&self) -> &'static [&'static str] {
         K::publishes()

@@ -14,7 +14,7 @@ use anyhow::Context;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Needs, StageKind};
+use super::{Ctx, Needs, ParamError, StageKind};
 use crate::model::{checkpoint_files, import_checkpoint, import_gguf, is_gguf};
 use crate::paths::expand_home;
 
@@ -60,6 +60,16 @@ impl StageKind for Model {
                 .collect(),
             Err(_) => vec![path],
         }
+    }
+
+    fn check(params: &ModelParams) -> Result<(), ParamError> {
+        if params.path.as_os_str().is_empty() {
+            return Err(ParamError::new(
+                "path",
+                "is empty: give the checkpoint directory or .gguf file",
+            ));
+        }
+        Ok(())
     }
 
     fn device_sensitive(_params: &ModelParams) -> bool {

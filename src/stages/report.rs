@@ -9,9 +9,13 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 
-use super::{Ctx, Needs, StageKind};
-use crate::pipeline::results::{InstanceInfo, gather_tables};
+use super::{Ctx, Needs, ParamError, StageKind};
+use crate::pipeline::cache::KEY_FILE;
+use crate::pipeline::key::KeyRecord;
 use crate::report::study::{ReportOptions, write_report};
+use crate::results::{InstanceInfo, RunRow, gather_tables, write_runs};
+use crate::tables::{ModelConfigRow, ResultRow, Table, write_results};
+use std::path::Path;
 
 /// Where the report stage writes its gathered tables, inside its output directory.
 pub const TABLES_DIR: &str = "tables";
@@ -21,12 +25,19 @@ pub struct Report;
 
 impl StageKind for Report {
     const KIND: &'static str = "report";
-    const VERSION: u32 = 1;
+    // 2: publishes `model_config.parquet` for the frequency view; effective length.
+    const VERSION: u32 = 2;
     type Params = ReportOptions;
 
     fn needs() -> Needs {
         // Any names: a report gathers whatever evaluation stages the pipeline has.
         Needs::Any
+    }
+
+    fn check(params: &ReportOptions) -> Result<(), ParamError> {
+        params
+            .check()
+            .map_err(|(key, message)| ParamError::new(key, message))
     }
 
     fn device_sensitive(_params: &ReportOptions) -> bool {
@@ -57,13 +68,77 @@ impl StageKind for Report {
         std::fs::create_dir_all(&tables)
             .with_context(|| format!("cannot create {}", tables.display()))?;
         gather_tables(&tables, &infos)?;
+        write_lineage(&tables, &infos)?;
+        let configs = model_configs(&infos)?;
+        let config_table = format!("{}.parquet", ModelConfigRow::NAME);
+        if !configs.is_empty() {
+            write_results(&tables.join(&config_table), &configs)?;
+        }
         ctx.progress.advance(1);
-        let summary = write_report(&tables, &ctx.out_dir.join(REPORT_DIR), params)?;
+        let report_dir = ctx.out_dir.join(REPORT_DIR);
+        let summary = write_report(&tables, &report_dir, params)?;
+        if !configs.is_empty() {
+            // Published with the report, so that `pipe report` finds it in results/.
+            std::fs::copy(tables.join(&config_table), report_dir.join(&config_table))
+                .with_context(|| format!("cannot copy {config_table} into the report"))?;
+        }
         ctx.progress
             .message(&format!("{} figures", summary.figures.len()));
         ctx.progress.advance(1);
         Ok(())
     }
+}
+
+/// Writes `runs.parquet` beside the gathered tables with the lineage of the gathered instances
+/// (each one's cache key and the keys of its needs, from its entry's key file), so that the
+/// report follows keys, not names, inside a run too: the runner writes its own `runs.parquet`
+/// only after every stage, this one included. Every gathered instance is a committed entry,
+/// hence `cached`; times are not known here and stay empty.
+fn write_lineage(tables: &Path, infos: &[InstanceInfo]) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for info in infos {
+        let Some(dir) = &info.dir else { continue };
+        let path = dir.join(KEY_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let record: KeyRecord = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a key record", path.display()))?;
+        rows.push((
+            info.clone(),
+            RunRow {
+                key: record.key,
+                cached: true,
+                status: "cached".into(),
+                seconds: 0.0,
+                started_at: None,
+                finished_at: None,
+                error: None,
+                needs: record.fields.inputs,
+            },
+        ));
+    }
+    Ok(write_runs(tables, &rows)?)
+}
+
+/// The `config.json` of every gathered instance that has one (the models), in gather order.
+fn model_configs(infos: &[InstanceInfo]) -> anyhow::Result<Vec<ResultRow<ModelConfigRow>>> {
+    let mut rows = Vec::new();
+    for info in infos {
+        let Some(dir) = &info.dir else { continue };
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            continue;
+        }
+        let config = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        rows.push(ResultRow {
+            stage: info.stage.clone(),
+            instance: info.instance.clone(),
+            matrix: info.matrix.clone(),
+            row: ModelConfigRow { config },
+        });
+    }
+    Ok(rows)
 }
 
 /// The directory of its output that a report stage publishes into the results directory.

@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::eval_io::model_dir;
-use super::{Ctx, NeedDecl, Needs, StageKind};
+use super::{Ctx, NeedDecl, Needs, ParamError, StageKind};
 use crate::model::{HfLayout, LlamaConfig, checkpoint_files, inspect_checkpoint};
 use crate::train::RopeParams;
 
@@ -36,6 +36,10 @@ impl StageKind for Rope {
 
     fn needs() -> Needs {
         Needs::Fixed(const { &[NeedDecl::required("model")] })
+    }
+
+    fn check(params: &RopeStageParams) -> Result<(), ParamError> {
+        Ok(params.rope.check()?)
     }
 
     fn device_sensitive(_params: &RopeStageParams) -> bool {

@@ -108,6 +108,40 @@ fn build_model(
     })
 }
 
+/// Warnings about the training length against the model's: a `train.seq_len` above the
+/// `max_position_embeddings` of a model from `needs.init` (after `rope`) trains it beyond the
+/// length its RoPE is set for, and its config.json keeps the shorter length. Not an error: a
+/// "RoPE unchanged" control arm does exactly this on purpose. (A new model's `model` table is
+/// checked when the pipeline is read, since both lengths are known there.)
+fn length_warnings(
+    seq_len: usize,
+    config: &crate::model::LlamaConfig,
+    ctx: &Ctx<'_>,
+) -> Vec<String> {
+    let max = config.max_position_embeddings;
+    if seq_len <= max {
+        return Vec::new();
+    }
+    let from = ctx
+        .need_all("init")
+        .first()
+        .map_or("the new model".to_string(), |u| format!("`{}`", u.instance));
+    vec![format!(
+        "WARNING: train.seq_len {seq_len} is longer than the max_position_embeddings {max} of {from} with its RoPE ({}): it trains beyond the length that RoPE is set for, and its config.json keeps {max}",
+        config.rope.rope_type()
+    )]
+}
+
+/// A training parameter error at its key (`train.steps`, `model.hidden_size`, `rope.factor`).
+impl From<TrainError> for ParamError {
+    fn from(e: TrainError) -> ParamError {
+        match e {
+            TrainError::Param { key, message } => ParamError::new(key, message),
+            other => ParamError::new("", other.to_string()),
+        }
+    }
+}
+
 impl StageKind for Train {
     const KIND: &'static str = "train";
     const VERSION: u32 = 1;
@@ -118,10 +152,24 @@ impl StageKind for Train {
     }
 
     fn check(params: &Self::Params) -> Result<(), ParamError> {
-        params.train.validate().map_err(|e| match e {
-            TrainError::Param { key, message } => ParamError::new(key, message),
-            other => ParamError::new("train", other.to_string()),
-        })
+        params.train.validate()?;
+        if let Some(model) = &params.model {
+            model.check(params.train.seq_len)?;
+        }
+        if let Some(rope) = &params.rope {
+            rope.check()?;
+        }
+        Ok(())
+    }
+
+    fn check_needs(params: &Self::Params, given: &[&str]) -> Result<(), ParamError> {
+        if params.model.is_some() && given.contains(&"init") {
+            return Err(ParamError::new(
+                "model",
+                "a model started from `needs.init` keeps its architecture: remove the `model` table (change the RoPE with `rope`)",
+            ));
+        }
+        Ok(())
     }
 
     fn resources(_params: &Self::Params, device: &str) -> Resources {
@@ -152,9 +200,26 @@ impl StageKind for Train {
                 data_up.instance
             );
         }
+        // The model ships with its data's tokenizer. Copied before training, while the data
+        // entry is known to be whole; a tokenizer missing now is an error, never a model
+        // committed without one.
+        let tok = data.dir.join("tokenizer.json");
+        let to = ctx.out_dir.join("tokenizer.json");
+        std::fs::copy(&tok, &to).with_context(|| {
+            format!(
+                "copying the tokenizer of `{}` ({}) to {}",
+                data_up.instance,
+                tok.display(),
+                to.display()
+            )
+        })?;
         let p = &params.train;
         let window = p.seq_len + 1;
         let model = build_model(params, ctx, &data, &train_device)?;
+        let warnings = length_warnings(p.seq_len, model.config(), ctx);
+        for w in &warnings {
+            ctx.progress.message(w);
+        }
 
         let mode = match p.sample {
             Sampling::Stream => SampleMode::Stream,
@@ -193,16 +258,10 @@ impl StageKind for Train {
         let out = train(&job, model, &mut source, &validation)?;
 
         save_llama(&out.model, ctx.out_dir, HfLayout::Both)?;
-        let tok = data.dir.join("tokenizer.json");
-        if tok.is_file() {
-            let to = ctx.out_dir.join("tokenizer.json");
-            std::fs::copy(&tok, &to)
-                .with_context(|| format!("copying {} to {}", tok.display(), to.display()))?;
-        }
         ctx.write_table(TrainLogRow::NAME, &TrainLogRow::to_batch(&out.train_log)?)?;
         ctx.write_table(ValLogRow::NAME, &ValLogRow::to_batch(&out.val_log)?)?;
         let c = out.model.config();
-        let summary = serde_json::json!({
+        let mut summary = serde_json::json!({
             "steps": out.steps,
             "tokens": out.tokens,
             "seq_len": p.seq_len,
@@ -217,6 +276,9 @@ impl StageKind for Train {
             "init": ctx.need_all("init").first().map(|u| u.instance.clone()),
             "device": ctx.device,
         });
+        if !warnings.is_empty() {
+            summary["warnings"] = serde_json::json!(warnings);
+        }
         let sp = ctx.out_dir.join(SUMMARY_FILE);
         std::fs::write(&sp, serde_json::to_string_pretty(&summary)? + "\n")
             .with_context(|| format!("writing {}", sp.display()))?;

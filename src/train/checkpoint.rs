@@ -137,10 +137,12 @@ pub fn save(run_dir: &Path, state: &TrainState, model: &Llama, optim: &AdamW) ->
     let sp = tmp.join(STATE_FILE);
     std::fs::write(&sp, text).map_err(|e| TrainError::io(&sp, e))?;
     let fin = dir.join(&name);
+    crate::failpoint::hit("checkpoint-rename");
     if fin.exists() {
         std::fs::remove_dir_all(&fin).map_err(|e| TrainError::io(&fin, e))?;
     }
     std::fs::rename(&tmp, &fin).map_err(|e| TrainError::io(&fin, e))?;
+    crate::failpoint::hit("checkpoint-prune");
     // Only now is the older state redundant.
     for entry in std::fs::read_dir(&dir).map_err(|e| TrainError::io(&dir, e))? {
         let entry = entry.map_err(|e| TrainError::io(&dir, e))?;

@@ -116,7 +116,83 @@ impl Default for ModelParams {
     }
 }
 
+/// The largest width, depth or head count a `model` table may give: far above any LLaMA (8192
+/// wide, 126 layers), and small enough that sizes multiply without overflow.
+pub const MAX_MODEL_DIM: usize = 1 << 20;
+
+/// The most parameters a new model may have (1e12, 4 TB of f32 weights): a larger one is a typo,
+/// and would fail allocating its first tensor.
+pub const MAX_MODEL_PARAMS: u64 = 1_000_000_000_000;
+
 impl ModelParams {
+    /// Check the architecture without the data stage's vocabulary (`vocab_size`, when not given,
+    /// counts as 1 in the size bound) for training at `seq_len`; errors name the key as
+    /// `model.<key>`, or `train.seq_len` when it is longer than `max_position_embeddings`.
+    pub fn check(&self, seq_len: usize) -> Result<()> {
+        let err = |k: &str, m: String| Err(TrainError::param(&format!("model.{k}"), m));
+        for (key, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", Some(self.hidden_size)),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", Some(self.num_hidden_layers)),
+            ("num_attention_heads", Some(self.num_attention_heads)),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            match v {
+                Some(0) => return err(key, "must be at least 1".into()),
+                Some(v) if v > MAX_MODEL_DIM => {
+                    return err(key, format!("{v} is more than {MAX_MODEL_DIM}"));
+                }
+                _ => {}
+            }
+        }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return err(
+                "num_attention_heads",
+                format!(
+                    "{} does not divide hidden_size {} (or give head_dim)",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            );
+        }
+        if let Some(max) = self.max_position_embeddings
+            && seq_len > max
+        {
+            return Err(TrainError::param(
+                "train.seq_len",
+                format!(
+                    "{seq_len} is longer than the new model's model.max_position_embeddings = {max}: train at most at its length, or raise max_position_embeddings (leave it out and it is seq_len)"
+                ),
+            ));
+        }
+        let config = self
+            .config(self.vocab_size.unwrap_or(1), seq_len, None, None)
+            .map_err(|e| match e {
+                TrainError::Model(crate::model::ModelError::Config { key, message, .. }) => {
+                    TrainError::param(&format!("model.{key}"), message)
+                }
+                other => other,
+            })?;
+        match config.checked_num_params() {
+            Some(n) if n as u64 <= MAX_MODEL_PARAMS => {}
+            n => {
+                return Err(TrainError::param(
+                    "model",
+                    format!(
+                        "the model would have {}, more than the {MAX_MODEL_PARAMS} parameters a model may have",
+                        n.map_or("more than 2^64 parameters".into(), |n| format!(
+                            "{n} parameters ({} of f32 weights)",
+                            crate::cli::human_bytes((n as u64).saturating_mul(4))
+                        ))
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The model config: `data_vocab` is the tokenizer's vocabulary (the default and the minimum
     /// `vocab_size`), `seq_len` the training length (the default `max_position_embeddings`),
     /// `bos`/`eos` the tokenizer's special tokens.
@@ -285,7 +361,7 @@ pub struct TrainParams {
     #[serde(default = "d_min_lr_ratio")]
     pub min_lr_ratio: f64,
     /// AdamW (beta1, beta2).
-    #[serde(default = "d_betas")]
+    #[serde(default = "d_betas", deserialize_with = "two_betas")]
     pub betas: [f64; 2],
     /// AdamW epsilon.
     #[serde(default = "d_eps")]
@@ -356,6 +432,13 @@ fn d_min_lr_ratio() -> f64 {
 fn d_betas() -> [f64; 2] {
     [0.9, 0.95]
 }
+/// `[beta1, beta2]`, refusing a list of another length: serde reads a fixed-size array by taking
+/// its first items, and would drop a third beta without a word.
+fn two_betas<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<[f64; 2], D::Error> {
+    let v = Vec::<f64>::deserialize(d)?;
+    <[f64; 2]>::try_from(v.as_slice())
+        .map_err(|_| serde::de::Error::invalid_length(v.len(), &"two betas, [beta1, beta2]"))
+}
 fn d_eps() -> f64 {
     1e-8
 }
@@ -371,6 +454,10 @@ fn d_val_batches() -> usize {
 fn d_log_every() -> u64 {
     10
 }
+
+/// The largest `seq_len`, `batch_size` or `grad_accum` (4M, the evaluations' longest context): a
+/// larger one is a typo that would fail allocating its first batch.
+pub const MAX_TRAIN_DIM: usize = 1 << 22;
 
 /// Steps when neither `steps` nor `tokens` is given.
 pub const DEFAULT_STEPS: u64 = 1000;
@@ -438,6 +525,15 @@ impl TrainParams {
         ] {
             if v == 0 {
                 return err(k, "must be at least 1".into());
+            }
+        }
+        for (k, v) in [
+            ("seq_len", self.seq_len),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
+            if v > MAX_TRAIN_DIM {
+                return err(k, format!("{v} is more than {MAX_TRAIN_DIM}"));
             }
         }
         if self.log_every == 0 {
@@ -540,6 +636,24 @@ pub struct RopeParams {
 }
 
 impl RopeParams {
+    /// Check what can be checked without the model (its `head_dim` waits for [`Self::apply`]);
+    /// errors name the key as `rope.<key>`.
+    pub fn check(&self) -> Result<()> {
+        let err = |k: &str, m: String| Err(TrainError::param(&format!("rope.{k}"), m));
+        if let Some(t) = self.rope_theta
+            && !(t.is_finite() && t > 0.0)
+        {
+            return err("rope_theta", format!("must be > 0, got {t}"));
+        }
+        if self.max_position_embeddings == Some(0) {
+            return err("max_position_embeddings", "must be > 0".into());
+        }
+        self.scaling
+            .kind()
+            .check(None)
+            .or_else(|(key, message)| err(key, message))
+    }
+
     /// `config` with this RoPE. The model's trained length (its RoPE's
     /// `original_max_position_embeddings` if it has one, else `max_position_embeddings`) becomes
     /// the new RoPE's original length, and `max_position_embeddings` is set as transformers

@@ -256,6 +256,7 @@ pub fn train(
                 val_loss,
             });
         }
+        crate::failpoint::hit("train-step");
         // A checkpoint request (Slurm's warning before a time limit) adds one in between.
         if (p.checkpoint_every > 0 && step.is_multiple_of(p.checkpoint_every))
             || step == total

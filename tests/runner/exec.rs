@@ -277,3 +277,144 @@ fn killing_pipe_ends_its_command_stage() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits (at most 20 s) until `path` holds a line starting with `word`.
+fn wait_for_line(path: &std::path::Path, word: &str) {
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l.starts_with(word))) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no `{word}` line in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_rerun_waits_for_an_orphan_still_writing_the_build_directory() {
+    // The script's background job outlives a kill -9 of `pipe` (the parent-death signal reaches
+    // only the script itself): it keeps the build directory's work lock, and the re-run must
+    // not start a second copy beside it.
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        &format!(
+            "{HEAD}[stages.slow]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo start $(date +%s%N) >> $PIPE_PIPELINE_DIR/log; (sleep 3; echo end $(date +%s%N) >> $PIPE_PIPELINE_DIR/log) & wait; echo ok > out.txt\"]\n"
+        ),
+    );
+    let log = p.path().join("log");
+    let mut child = p
+        .command(&["run", "p.toml"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_line(&log, "start");
+    // SAFETY: kill(2) on the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    let text = p.ok(&["run", "p.toml"]);
+    assert!(
+        text.contains("waiting for a process of an earlier, killed run"),
+        "{text}"
+    );
+    let times = |word: &str| -> Vec<u128> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix(word)?.trim().parse().ok())
+            .collect()
+    };
+    let (starts, ends) = (times("start"), times("end"));
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(
+        ends.first().is_some_and(|&end| starts[1] >= end),
+        "the re-run started (at {}) while the orphan still ran (it ended at {ends:?})",
+        starts[1]
+    );
+    assert_eq!(p.entries().len(), 1);
+}
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn results_and_cache_files_are_created_as_the_umask_allows() {
+    for (umask, want) in [(0o022, 0o644), (0o002, 0o664)] {
+        let p = Project::new();
+        p.write(
+            "p.toml",
+            &format!("{HEAD}[stages.t]\nkind = \"command\"\nargs = [\"true\"]\n"),
+        );
+        let mut cmd = p.command(&["run", "p.toml"]);
+        // SAFETY: umask(2) is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let results = p.path().join("results/t");
+        let entry = p.cache().join(&p.entries()[0]);
+        for f in [
+            results.join("runs.parquet"),
+            results.join("run.json"),
+            entry.join(".pipe-key.json"),
+            p.cache().join("instances/t/t.json"),
+        ] {
+            assert_eq!(mode(&f), want, "umask {umask:o}: {}", f.display());
+        }
+    }
+}
+
+#[test]
+fn a_gather_too_large_for_the_environment_passes_through_a_file() {
+    // 100 instances whose cache paths are about 1.5 KB long: 150 KB of directories, more than
+    // one environment string may hold (128 KiB). The gathering stage gets them in
+    // PIPE_NEED_ALL_FILE, one per line.
+    let p = Project::new();
+    let long = (0..6)
+        .map(|i| format!("{i}{}", "d".repeat(240)))
+        .collect::<Vec<_>>();
+    let cache = long.iter().fold(p.path().join("c"), |d, part| d.join(part));
+    let values: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    p.write(
+        "p.toml",
+        &format!(
+            "{HEAD}[stages.many]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo $PIPE_PARAMS > out.txt\"]\nmatrix.vars = [{}]\n\n[stages.all]\nkind = \"command\"\nneeds = {{ all = \"many[*]\" }}\nargs = [\"sh\", \"-c\", \"wc -l < $PIPE_NEED_ALL_FILE > n.txt; echo ${{PIPE_NEED_ALL:-unset}} > env.txt; while read d; do cat $d/out.txt; done < $PIPE_NEED_ALL_FILE | sort -u | wc -l > distinct.txt\"]\n",
+            values
+                .iter()
+                .map(|v| format!("{{ i = {v} }}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let out = p
+        .command(&["run", "p.toml", "-j2"])
+        .env("PIPE_CACHE", &cache)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = super::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let all = std::fs::read_to_string(cache.join("instances/t/all.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key: serde_json::Value = serde_json::from_str(&all).unwrap_or_else(|e| panic!("{e}"));
+    let entry = cache.join(key["key"].as_str().unwrap_or_default());
+    let read = |f: &str| std::fs::read_to_string(entry.join(f)).unwrap_or_default();
+    assert_eq!(read("n.txt").trim(), "100");
+    assert_eq!(read("distinct.txt").trim(), "100");
+    assert_eq!(read("env.txt").trim(), "unset");
+}

@@ -4,6 +4,7 @@
 mod cache;
 mod errors;
 mod exec;
+mod faults;
 mod matrix;
 mod results;
 mod slurm;
@@ -60,11 +61,7 @@ impl Project {
     /// Run and expect success; stdout and stderr together.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.pipe(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         assert!(out.status.success(), "pipe {args:?} failed:\n{text}");
         text
     }
@@ -103,6 +100,15 @@ impl Project {
     }
 }
 
+/// A finished process's stdout and stderr together.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Instance names from the `built NAME in ...` log lines.
 pub fn built(log: &str) -> Vec<String> {
     let mut v: Vec<String> = log
@@ -112,4 +118,34 @@ pub fn built(log: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// A table as text rows, without the columns that hold wall-clock measurements: what two runs
+/// of the same pipeline must agree on, value for value (floats print in their shortest
+/// round-trip form, so equal text is equal bits).
+fn comparable(path: &Path) -> Vec<String> {
+    let (schema, batches) = ropelens::pipeline::results::read_parquet(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let keep: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            let n = f.name();
+            !(n.contains("seconds")
+                || n.ends_with("_s")
+                || n.contains("per_s")
+                || n.ends_with("_at"))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut rows = Vec::new();
+    for b in &batches {
+        let b = b.project(&keep).unwrap_or_else(|e| panic!("{e}"));
+        let text = arrow::util::pretty::pretty_format_batches(&[b])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        rows.extend(text.lines().map(str::to_string));
+    }
+    rows
 }

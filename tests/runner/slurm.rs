@@ -5,9 +5,22 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use super::Project;
+use super::{Project, output_text};
+
+/// The one test cluster: tests share it, except one that needs it idle (two GPU jobs must find
+/// both GPUs and the CPUs free, which the shrunk quickstart's jobs would hold).
+static CLUSTER: RwLock<()> = RwLock::new(());
+
+fn shared_cluster() -> RwLockReadGuard<'static, ()> {
+    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn idle_cluster() -> RwLockWriteGuard<'static, ()> {
+    CLUSTER.write().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Whether a Slurm node with two GPUs is idle or busy here; prints why not.
 fn slurm_up(test: &str) -> bool {
@@ -59,12 +72,14 @@ fn slurm_cmd(p: &Project, args: &[&str]) -> Command {
     c
 }
 
-fn output_text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `pipe ARGS` with the Slurm executor (and `env`) to its end: whether it succeeded, and its
+/// stdout and stderr together.
+fn slurm_run(p: &Project, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = slurm_cmd(p, args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (out.status.success(), output_text(&out))
 }
 
 /// Names of this test's jobs that squeue lists as pending or running.
@@ -98,6 +113,7 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn slurm_failure_names_the_job_its_exit_code_and_log() {
+    let _cluster = shared_cluster();
     let Some((p, _)) = slurm_project(
         "slurm_failure_names_the_job_its_exit_code_and_log",
         "fail",
@@ -105,11 +121,8 @@ fn slurm_failure_names_the_job_its_exit_code_and_log() {
     ) else {
         return;
     };
-    let out = slurm_cmd(&p, &["run", "p.toml", "--keep-going"])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let text = output_text(&out);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = slurm_run(&p, &["run", "p.toml", "--keep-going"], &[]);
+    assert!(!ok, "{text}");
     assert!(text.contains("1 of 2 instance(s) failed"), "{text}");
     let line = text
         .lines()
@@ -130,6 +143,7 @@ fn slurm_failure_names_the_job_its_exit_code_and_log() {
 
 #[test]
 fn slurm_interrupted_run_cancels_every_job() {
+    let _cluster = shared_cluster();
     // Different commands: identical ones would share one key and build once.
     let sleeper = |s: &str| {
         format!("[stages.{s}]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"sleep 120 # {s}\"]\n")
@@ -163,6 +177,7 @@ fn slurm_interrupted_run_cancels_every_job() {
 
 #[test]
 fn slurm_gpu_stages_share_the_two_gpus() {
+    let _cluster = idle_cluster();
     let stage = |s: &str| {
         format!(
             "[stages.{s}]\nkind = \"command\"\nresources = {{ gpus = 1 }}\nargs = [\"sh\", \"-c\", \"echo start {s} $(date +%s%N) $CUDA_VISIBLE_DEVICES >> $PIPE_PIPELINE_DIR/log; sleep 2; echo end {s} $(date +%s%N) >> $PIPE_PIPELINE_DIR/log\"]\n"
@@ -175,11 +190,8 @@ fn slurm_gpu_stages_share_the_two_gpus() {
     ) else {
         return;
     };
-    let out = slurm_cmd(&p, &["run", "p.toml"])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let text = output_text(&out);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = slurm_run(&p, &["run", "p.toml"], &[]);
+    assert!(ok, "{text}");
     let log = std::fs::read_to_string(p.path().join("log")).unwrap_or_default();
     let at = |ev: &str, who: &str| -> (u128, String) {
         log.lines()
@@ -208,6 +220,7 @@ fn slurm_gpu_stages_share_the_two_gpus() {
 
 #[test]
 fn slurm_rerun_reattaches_to_a_job_whose_submitter_died() {
+    let _cluster = shared_cluster();
     let Some((p, name)) = slurm_project(
         "slurm_rerun_reattaches_to_a_job_whose_submitter_died",
         "attach",
@@ -238,11 +251,8 @@ fn slurm_rerun_reattaches_to_a_job_whose_submitter_died() {
             .any(|l| l.starts_with("slurm job ") && l.contains("RUNNING") && l.ends_with(" slow")),
         "{status}"
     );
-    let out = slurm_cmd(&p, &["run", "p.toml"])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let text = output_text(&out);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = slurm_run(&p, &["run", "p.toml"], &[]);
+    assert!(ok, "{text}");
     assert!(text.contains("re-attached to job"), "{text}");
     assert_eq!(super::built(&text), ["slow"], "{text}");
     // Built once, by the first job.
@@ -256,6 +266,7 @@ fn slurm_rerun_reattaches_to_a_job_whose_submitter_died() {
 
 #[test]
 fn slurm_time_limit_resubmits_and_resumes() {
+    let _cluster = shared_cluster();
     // The first attempt writes a checkpoint when warned (SIGUSR1, which `--signal` sends to
     // `pipe exec` and the command stage passes on) and is then killed at its one-minute limit;
     // the resubmitted attempt finds the checkpoint in the kept build directory and finishes.
@@ -272,13 +283,8 @@ fn slurm_time_limit_resubmits_and_resumes() {
     ) else {
         return;
     };
-    let child = slurm_cmd(&p, &["run", "p.toml"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    let text = output_text(&out);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = slurm_run(&p, &["run", "p.toml"], &[]);
+    assert!(ok, "{text}");
     assert!(text.contains("ended TIMEOUT; resubmitted as job"), "{text}");
     let entries = p.entries();
     assert_eq!(entries.len(), 1, "{text}");
@@ -292,6 +298,7 @@ fn slurm_time_limit_resubmits_and_resumes() {
 /// tables, value for value, apart from wall-clock columns.
 #[test]
 fn slurm_quickstart_matches_the_local_run() {
+    let _cluster = shared_cluster();
     if !slurm_up("slurm_quickstart_matches_the_local_run") {
         return;
     }
@@ -304,11 +311,8 @@ fn slurm_quickstart_matches_the_local_run() {
     let local = Project::new();
     local.ok(&args);
     let remote = Project::new();
-    let out = slurm_cmd(&remote, &args)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let text = output_text(&out);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = slurm_run(&remote, &args, &[]);
+    assert!(ok, "{text}");
     assert!(text.contains("submitted as job"), "{text}");
     let dir = |p: &Project| p.path().join("results/quickstart");
     let mut tables = 0;
@@ -321,8 +325,8 @@ fn slurm_quickstart_matches_the_local_run() {
         if !name.ends_with(".parquet") || name == "runs.parquet" {
             continue;
         }
-        let a = comparable(&entry.path());
-        let b = comparable(&dir(&remote).join(&name));
+        let a = super::comparable(&entry.path());
+        let b = super::comparable(&dir(&remote).join(&name));
         assert_eq!(a, b, "{name} differs between the local and the Slurm run");
         tables += 1;
     }
@@ -331,30 +335,141 @@ fn slurm_quickstart_matches_the_local_run() {
     assert_eq!(local.entries(), remote.entries());
 }
 
-/// A table as text rows, without the columns that hold wall-clock measurements.
-fn comparable(path: &Path) -> Vec<String> {
-    let (schema, batches) = ropelens::pipeline::results::read_parquet(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let keep: Vec<usize> = schema
-        .fields()
+/// A train stage that trains for about 100 s (4 ms of compute and, through a failpoint, 250 ms
+/// of sleep per step) under a one-minute time limit, checkpointing only when warned.
+const SLOW_TRAIN: &str = "[stages.data]\nkind = \"data_prep\"\nsource = { synthetic = { documents = 60, max_tokens = 256 } }\nsplit = { valid_documents = 6 }\n\n[stages.base]\nkind = \"train\"\nneeds = { data = \"data\" }\nresources = { time = \"1\" }\nmodel = { hidden_size = 32, num_hidden_layers = 2, num_attention_heads = 2 }\ntrain = { seq_len = 32, batch_size = 4, steps = 400, lr = 3e-3, val_every = 100, checkpoint_every = 0, log_every = 10, val_batches = 2 }\n";
+
+#[test]
+fn slurm_time_limit_kills_a_train_instance_that_resumes_with_identical_weights_and_logs() {
+    // Slurm warns the job 40 s before its limit (SIGUSR1 through `--signal`); the training loop
+    // writes a checkpoint at its next step (its only mid-run checkpoint: `checkpoint_every = 0`)
+    // and goes on until the limit kills it. The resubmitted job resumes from that checkpoint
+    // (each attempt gets the same warning; a slow machine may take several) and must end with
+    // the weights and logs of an uninterrupted run.
+    let Some((p, name)) = slurm_project(
+        "slurm_time_limit_kills_a_train_instance_that_resumes_with_identical_weights_and_logs",
+        "trainlimit",
+        SLOW_TRAIN,
+    ) else {
+        return;
+    };
+    let local = Project::new();
+    local.write(
+        "p.toml",
+        &format!("[pipeline]\nname = \"{name}\"\n{SLOW_TRAIN}"),
+    );
+    local.ok(&["run", "p.toml"]);
+    let env = [
+        ("PIPE_FAILPOINT", "train-step:sleep=250"),
+        ("PIPE_SLURM_SIGNAL_SECONDS", "40"),
+        ("PIPE_SLURM_RETRIES", "8"),
+    ];
+    let (ok, text) = slurm_run(&p, &["run", "p.toml"], &env);
+    assert!(ok, "{text}");
+    assert!(text.contains("ended TIMEOUT; resubmitted as job"), "{text}");
+    assert_eq!(local.entries(), p.entries(), "{text}");
+    // The jobs' progress reached this terminal (tailed from progress.jsonl on the shared
+    // filesystem): the loop's own step messages, from the first attempt and from the resumed
+    // one, which starts its progress file afresh.
+    let lines: Vec<&str> = text.lines().collect();
+    let resubmitted = lines
         .iter()
-        .enumerate()
-        .filter(|(_, f)| {
-            let n = f.name();
-            !(n.contains("seconds")
-                || n.ends_with("_s")
-                || n.contains("per_s")
-                || n.ends_with("_at"))
-        })
-        .map(|(i, _)| i)
-        .collect();
-    let mut rows = Vec::new();
-    for b in &batches {
-        let b = b.project(&keep).unwrap_or_else(|e| panic!("{e}"));
-        let text = arrow::util::pretty::pretty_format_batches(&[b])
-            .unwrap_or_else(|e| panic!("{e}"))
-            .to_string();
-        rows.extend(text.lines().map(str::to_string));
+        .position(|l| l.contains("resubmitted as job"))
+        .unwrap_or(0);
+    let step_line = |l: &&str| l.contains("base: train ") && l.contains("/400 · loss ");
+    assert!(lines[..resubmitted].iter().any(step_line), "{text}");
+    assert!(
+        lines[resubmitted..]
+            .iter()
+            .any(|l| l.contains("base: train (0/400)")),
+        "no progress from the resubmitted job:\n{text}"
+    );
+    let base = std::fs::read_to_string(p.cache().join("instances").join(&name).join("base.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key: serde_json::Value = serde_json::from_str(&base).unwrap_or_else(|e| panic!("{e}"));
+    let key = key["key"].as_str().unwrap_or_default().to_string();
+    let read = |p: &Project, f: &str| {
+        std::fs::read(p.cache().join(&key).join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))
+    };
+    let summary: serde_json::Value =
+        serde_json::from_slice(&read(&p, "train.json")).unwrap_or_else(|e| panic!("{e}"));
+    // Resumed, not restarted. Usually from the warned checkpoint mid-run; but slurmctld checks
+    // time limits only every 30 s, so a job may outlive its minute by that much, finish its
+    // 400 steps and be killed while writing its outputs: then the kept final checkpoint (step
+    // 400) is the one resumed from, which is also right.
+    let from = summary["resumed_from"].as_u64();
+    assert!(from.is_some_and(|s| s > 0 && s <= 400), "{summary}\n{text}");
+    assert!(
+        read(&p, "model.safetensors") == read(&local, "model.safetensors"),
+        "the resumed weights differ from the uninterrupted run's"
+    );
+    for table in ["train_log.parquet", "val_log.parquet"] {
+        let at = |p: &Project| p.path().join("results").join(&name).join(table);
+        assert_eq!(
+            super::comparable(&at(&local)),
+            super::comparable(&at(&p)),
+            "{table}"
+        );
     }
-    rows
+}
+
+/// `sbatch --parsable` of a one-line script; the job's id.
+fn sbatch_wrap(dir: &Path, script: &str) -> String {
+    let out = Command::new("sbatch")
+        .args(["--parsable", "--job-name=pipe-sacct-test"])
+        .arg(format!("--output={}/slurm-%j.out", dir.display()))
+        .arg(format!("--wrap={script}"))
+        .output()
+        .unwrap_or_else(|e| panic!("sbatch: {e}"));
+    assert!(out.status.success(), "{}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn slurm_job_states_come_from_sacct_once_the_controller_forgot_the_job() {
+    // A job that ended before the scheduler's next poll and left squeue and scontrol meanwhile
+    // (after MinJobAge, 10 s on the test cluster, and the next purge, at most 60 s later) is
+    // found in the jobcomp file through `sacct -c` (there is no accounting database here).
+    let test = "slurm_job_states_come_from_sacct_once_the_controller_forgot_the_job";
+    if !slurm_up(test) {
+        return;
+    }
+    let config = Command::new("scontrol")
+        .args(["show", "config"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let age: u64 = config
+        .lines()
+        .find(|l| l.starts_with("MinJobAge"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        age <= 30,
+        "{test}: MinJobAge is {age} s; scripts/slurm-up.sh sets 10 s (run it again)"
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ok = sbatch_wrap(dir.path(), "true");
+    let bad = sbatch_wrap(dir.path(), "exit 3");
+    let known = |id: &str| {
+        Command::new("scontrol")
+            .args(["show", "job", id])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    wait_for(
+        "scontrol to forget both jobs",
+        Duration::from_secs(150),
+        || !known(&ok) && !known(&bad),
+    );
+    let states = ropelens::pipeline::executor::slurm::job_states(&[ok.clone(), bad.clone()]);
+    let got = |id: &str| {
+        states
+            .get(id)
+            .map(|s| (s.state.as_str(), s.exit_code.as_str()))
+    };
+    assert_eq!(got(&ok), Some(("COMPLETED", "0:0")), "{states:?}");
+    assert_eq!(got(&bad), Some(("FAILED", "3:0")), "{states:?}");
 }

@@ -2,9 +2,10 @@
 
 mod model_stage;
 pub mod quickstart;
-mod real_model;
+pub mod real_model;
 mod real_smollm2;
 mod report_stage;
+mod schema;
 mod train_stage;
 
 use std::path::Path;

@@ -12,7 +12,10 @@ pub const SHRINK: &[&str] = &[
     "stages.pretrain_data.source.synthetic.documents=200",
     "stages.pretrain_data.split.valid_documents=10",
     "stages.data.source.synthetic.documents=80",
+    "stages.data.source.synthetic.min_tokens=260",
     "stages.data.source.synthetic.max_tokens=300",
+    "stages.ft_data.source.synthetic.documents=80",
+    "stages.ft_data.split.valid_documents=4",
     "stages.data.split.valid_documents=4",
     "stages.data.split.valid_min_tokens=260",
     "stages.base.train.steps=4",
@@ -48,12 +51,16 @@ fn the_quickstart_runs_every_stage_kind_end_to_end() {
     let results = p.path().join("results/quickstart");
     assert!(results.join("runs.parquet").is_file());
     super::assert_study_tables(&results);
-    // Both corpora went through one tokenizer: the long-document corpus took the pretraining
-    // corpus's tokenizer.json (`tokenizer = { from = "tokenizer" }`).
+    // The three corpora went through one tokenizer: the fine-tuning and evaluation corpora took
+    // the pretraining corpus's tokenizer.json (`tokenizer = { from = "tokenizer" }`).
     let vocab = super::data_stats_vocab(&results);
     let instances: std::collections::BTreeSet<&str> =
         vocab.iter().map(|(i, _)| i.as_str()).collect();
-    assert_eq!(instances, ["data", "pretrain_data"].into(), "{vocab:?}");
+    assert_eq!(
+        instances,
+        ["data", "ft_data", "pretrain_data"].into(),
+        "{vocab:?}"
+    );
     assert!(vocab.windows(2).all(|w| w[0].1 == w[1].1), "{vocab:?}");
 
     // One training log per train instance: base and the four extensions.
@@ -91,6 +98,24 @@ fn the_quickstart_runs_every_stage_kind_end_to_end() {
     // The report and its figures are published, and every figure is a PNG that decodes.
     let report = std::fs::read_to_string(results.join("report.md")).unwrap();
     assert!(report.contains("## Findings"), "{report}");
+    // The frequency view reads every model's config.json from the published `model_config`
+    // table: PI x4 interpolates all 16 pairs of head_dim 32 by 4.
+    assert!(results.join("model_config.parquet").is_file());
+    assert!(report.contains("## RoPE frequencies"), "{report}");
+    assert!(
+        report.contains("| PI x4               | linear, theta 10000  |       32 |          0 |      0 |           16 |          4.00 |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Effective length (RULER's measure)"),
+        "{report}"
+    );
+    // Inside the run the report follows lineage (runs.parquet from the entries' key files).
+    assert!(report.contains("| `runs`"), "{report}");
+    assert!(
+        !report.contains("| `runs`                 | missing"),
+        "{report}"
+    );
     let mut figures = 0;
     for entry in std::fs::read_dir(&results).unwrap().flatten() {
         let path = entry.path();

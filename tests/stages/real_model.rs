@@ -152,7 +152,7 @@ fn tokenizer_json() -> serde_json::Value {
 
 /// The checkpoint directory as a user has it: config.json and model.safetensors from the
 /// fixture, plus tokenizer.json and tokenizer_config.json.
-fn checkpoint_in(p: &Project) -> PathBuf {
+pub fn checkpoint_in(p: &Project) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/default");
     let dst = p.path().join("tiny-llama");
     std::fs::create_dir_all(&dst).unwrap();
@@ -172,7 +172,7 @@ fn checkpoint_in(p: &Project) -> PathBuf {
 }
 
 /// A corpus directory: one document per file, sentences of the words above with numbers.
-fn corpus_in(p: &Project) -> PathBuf {
+pub fn corpus_in(p: &Project) -> PathBuf {
     let dir = p.path().join("corpus");
     std::fs::create_dir_all(&dir).unwrap();
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -214,3 +214,67 @@ fn a_train_stage_on_evaluation_only_data_says_so() {
         "the data of `data` has no training documents: every document went to validation (`split`), which is for evaluation only; a train stage needs training data"
     );
 }
+
+/// A model from `init` trained beyond its `max_position_embeddings` with its RoPE unchanged is
+/// a loud warning (log and train.json), not an error: a control arm does it on purpose. A model
+/// too large for memory is refused before it is allocated, naming its size.
+#[test]
+fn training_beyond_the_model_length_warns_and_a_huge_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    prepare_data(&data);
+    let needs = BTreeMap::from([(
+        "data".to_string(),
+        vec![upstream("data", "data_prep", &data)],
+    )]);
+    let base = dir.path().join("base");
+    let short = "model = { hidden_size = 32, num_hidden_layers = 1, num_attention_heads = 2 }\n\
+                 train = { seq_len = 32, batch_size = 2, steps = 1 }";
+    run_stage(short, &needs, &base, "cpu").unwrap();
+    let summary = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train.json")).unwrap()).unwrap()
+    };
+    assert!(summary(&base).get("warnings").is_none());
+    let mut needs_ext = needs.clone();
+    needs_ext.insert("init".into(), vec![upstream("base", "train", &base)]);
+    let plain = dir.path().join("plain");
+    run_stage(
+        "train = { seq_len = 64, batch_size = 2, steps = 1 }\nrope = { rope_type = \"default\" }",
+        &needs_ext,
+        &plain,
+        "cpu",
+    )
+    .unwrap();
+    let warnings = summary(&plain)["warnings"].to_string();
+    assert!(
+        warnings.contains(
+            "WARNING: train.seq_len 64 is longer than the max_position_embeddings 32 of `base`"
+        ),
+        "{warnings}"
+    );
+    // Extended by the RoPE to 4 x 32 = 128 positions: no warning.
+    let yarn = dir.path().join("yarn");
+    run_stage(
+        "train = { seq_len = 64, batch_size = 2, steps = 1 }\nrope = { rope_type = \"yarn\", factor = 4.0 }",
+        &needs_ext,
+        &yarn,
+        "cpu",
+    )
+    .unwrap();
+    assert!(summary(&yarn).get("warnings").is_none());
+
+    // 8e11 parameters (3 TiB of f32): under the parse-time bound, over any machine's memory.
+    let e = run_stage(
+        "model = { hidden_size = 8192, num_hidden_layers = 1000, num_attention_heads = 64 }\n\
+         train = { seq_len = 32, batch_size = 2, steps = 1 }",
+        &needs,
+        &dir.path().join("huge"),
+        "cpu",
+    )
+    .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("the new model has 805") && e.contains("TiB of f32 weights, more than the"),
+        "{e}"
+    );
+}

@@ -151,42 +151,8 @@ fn block(ty: GgmlType, x: &[u8], y: &mut [f32]) {
                 y[j + 16] = (q >> 4) as f32 * d + m;
             }
         }
-        GgmlType::Q4K => {
-            let (d, dmin) = (f16_at(x, 0), f16_at(x, 2));
-            let scales = &x[4..16];
-            let qs = &x[16..144];
-            for (g, q) in qs.chunks_exact(32).enumerate() {
-                let (sc1, m1) = scale_min_k4(2 * g, scales);
-                let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
-                let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-                let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-                let y = &mut y[64 * g..64 * g + 64];
-                for l in 0..32 {
-                    y[l] = d1 * (q[l] & 0xF) as f32 - m1;
-                    y[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-                }
-            }
-        }
-        GgmlType::Q5K => {
-            let (d, dmin) = (f16_at(x, 0), f16_at(x, 2));
-            let scales = &x[4..16];
-            let qh = &x[16..48];
-            let ql = &x[48..176];
-            for (g, q) in ql.chunks_exact(32).enumerate() {
-                let (sc1, m1) = scale_min_k4(2 * g, scales);
-                let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
-                let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-                let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-                let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
-                let y = &mut y[64 * g..64 * g + 64];
-                for l in 0..32 {
-                    let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-                    let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-                    y[l] = d1 * ((q[l] & 0xF) + h1) as f32 - m1;
-                    y[l + 32] = d2 * ((q[l] >> 4) + h2) as f32 - m2;
-                }
-            }
-        }
+        GgmlType::Q4K => k_quant_4_5(x, &x[16..144], None, y),
+        GgmlType::Q5K => k_quant_4_5(x, &x[48..176], Some(&x[16..48]), y),
         GgmlType::Q6K => {
             let d = f16_at(x, 208);
             for half in 0..2 {
@@ -207,6 +173,28 @@ fn block(ty: GgmlType, x: &[u8], y: &mut [f32]) {
                     y[l + 96] = s(6) * q4 as f32;
                 }
             }
+        }
+    }
+}
+
+/// Q4_K and Q5_K, which differ only in Q5_K's fifth bit: `x` is the block (f16 `d` and `dmin`,
+/// then 12 bytes of packed 6-bit scales and mins), `qs` its 4 x 32 bytes of nibbles (group `g`'s
+/// 64 values are the low nibbles, then the high ones), `qh` Q5_K's 32 bytes of fifth bits (bits
+/// `2g` and `2g + 1` for the two halves of group `g`).
+fn k_quant_4_5(x: &[u8], qs: &[u8], qh: Option<&[u8]>, y: &mut [f32]) {
+    let (d, dmin) = (f16_at(x, 0), f16_at(x, 2));
+    let scales = &x[4..16];
+    let high = |l: usize, bit: u8| qh.map_or(0, |h| if h[l] & bit != 0 { 16 } else { 0 });
+    for (g, q) in qs.chunks_exact(32).enumerate() {
+        let [(d1, m1), (d2, m2)] = [2 * g, 2 * g + 1].map(|j| {
+            let (sc, m) = scale_min_k4(j, scales);
+            (d * sc as f32, dmin * m as f32)
+        });
+        let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
+        let y = &mut y[64 * g..64 * g + 64];
+        for l in 0..32 {
+            y[l] = d1 * ((q[l] & 0xF) + high(l, u1)) as f32 - m1;
+            y[l + 32] = d2 * ((q[l] >> 4) + high(l, u2)) as f32 - m2;
         }
     }
 }

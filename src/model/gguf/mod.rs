@@ -237,6 +237,7 @@ fn hf_tensor(
 pub fn import_gguf(src: &Path, dst: &Path) -> Result<CheckpointInfo> {
     let f = GgufFile::open(src)?;
     let cfg = gguf_config(&f)?;
+    cfg.check_fits_in_memory(&src.display().to_string())?;
     let tok = tokenizer::tokenizer_from_gguf(&f)
         .map_err(|m| ModelError::checkpoint(src, format!("tokenizer: {m}")))?;
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = f
@@ -244,6 +245,17 @@ pub fn import_gguf(src: &Path, dst: &Path) -> Result<CheckpointInfo> {
         .par_iter()
         .map(|t| hf_tensor(&f, t, &cfg))
         .collect::<Result<_>>()?;
+    if let Some((name, i)) = tensors
+        .iter()
+        .find_map(|(name, _, v)| Some((name, v.iter().position(|x| !x.is_finite())?)))
+    {
+        return Err(ModelError::checkpoint(
+            src,
+            format!(
+                "tensor `{name}` holds NaN or infinite values once dequantized (element {i}): the weights are broken"
+            ),
+        ));
+    }
     std::fs::create_dir_all(dst).map_err(|e| ModelError::io(dst, e))?;
     write_f32_safetensors(dst, &tensors)?;
     cfg.save(dst, HfLayout::Both)?;

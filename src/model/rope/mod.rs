@@ -57,8 +57,9 @@ pub trait RopeKind {
         seq_len: usize,
     ) -> RopeFrequencies;
 
-    /// Check the parameters for a model with `head_dim`.
-    fn check(&self, head_dim: usize) -> Check;
+    /// Check the parameters, for a model with `head_dim` when it is known (a pipeline's `rope`
+    /// table is checked before the model is read: the checks that need `head_dim` wait).
+    fn check(&self, head_dim: Option<usize>) -> Check;
 
     /// Whether the frequencies change with the sequence length (`dynamic`, `longrope`).
     fn depends_on_length(&self) -> bool {
@@ -225,7 +226,7 @@ impl RopeConfig {
         }
         self.scaling
             .kind()
-            .check(head_dim)
+            .check(Some(head_dim))
             .or_else(|(key, msg)| err(key, msg))
     }
 

@@ -66,7 +66,7 @@ impl RopeKind for Plain {
     fn frequencies(&self, theta: f64, head_dim: usize, _: usize, _: usize) -> RopeFrequencies {
         plain(default_inv_freq(theta, head_dim))
     }
-    fn check(&self, _: usize) -> Check {
+    fn check(&self, _: Option<usize>) -> Check {
         Ok(())
     }
 }
@@ -86,7 +86,7 @@ impl RopeKind for Linear {
     fn frequencies(&self, theta: f64, head_dim: usize, _: usize, _: usize) -> RopeFrequencies {
         plain(linear_inv_freq(theta, head_dim, self.factor))
     }
-    fn check(&self, _: usize) -> Check {
+    fn check(&self, _: Option<usize>) -> Check {
         check_factor("factor", self.factor)
     }
     fn extended_length(&self, original: usize) -> Option<usize> {
@@ -117,16 +117,20 @@ impl RopeKind for Ntk {
             head_dim,
         ))
     }
-    fn check(&self, _: usize) -> Check {
+    fn check(&self, _: Option<usize>) -> Check {
         match (self.factor, self.base) {
             (Some(f), None) => check_factor("factor", f),
             (None, Some(b)) if !(b.is_finite() && b > 0.0) => {
                 Err(("base", format!("must be > 0, got {b}")))
             }
             (None, Some(_)) => Ok(()),
-            _ => Err((
+            (Some(_), Some(_)) => Err((
+                "base",
+                "ntk takes exactly one of `factor` and `base`, and `base` is given beside `factor`: remove one".into(),
+            )),
+            (None, None) => Err((
                 "factor",
-                "ntk needs exactly one of `factor` and `base`".into(),
+                "ntk needs exactly one of `factor` and `base`: give `factor` (or the enlarged `base` itself)".into(),
             )),
         }
     }
@@ -170,7 +174,7 @@ impl RopeKind for Dynamic {
             seq_len,
         ))
     }
-    fn check(&self, _: usize) -> Check {
+    fn check(&self, _: Option<usize>) -> Check {
         check_factor("factor", self.factor)
     }
     fn depends_on_length(&self) -> bool {
@@ -279,7 +283,7 @@ impl RopeKind for Yarn {
             attention_factor: a as f32,
         }
     }
-    fn check(&self, _: usize) -> Check {
+    fn check(&self, _: Option<usize>) -> Check {
         check_factor("factor", self.factor)?;
         check_original(self.original_max_position_embeddings)?;
         if self.beta_fast < self.beta_slow {
@@ -335,11 +339,14 @@ impl RopeKind for Llama3 {
                 .unwrap_or(max_position_embeddings),
         ))
     }
-    fn check(&self, _: usize) -> Check {
+    fn check(&self, _: Option<usize>) -> Check {
         check_factor("factor", self.factor)?;
         check_original(self.original_max_position_embeddings)?;
         let (lo, hi) = (self.low_freq_factor, self.high_freq_factor);
-        if hi.is_nan() || lo.is_nan() || hi <= lo || lo <= 0.0 {
+        if lo.is_nan() || lo <= 0.0 {
+            return Err(("low_freq_factor", format!("must be > 0, got {lo}")));
+        }
+        if hi.is_nan() || hi <= lo {
             return Err((
                 "high_freq_factor",
                 format!(
@@ -404,13 +411,18 @@ impl RopeKind for LongRope {
             attention_factor: a as f32,
         }
     }
-    fn check(&self, head_dim: usize) -> Check {
+    fn check(&self, head_dim: Option<usize>) -> Check {
         check_original(self.original_max_position_embeddings)?;
         for (key, list) in [
             ("short_factor", &self.short_factor),
             ("long_factor", &self.long_factor),
         ] {
-            if list.len() != head_dim / 2 {
+            if list.is_empty() {
+                return Err((key, "is empty: list head_dim/2 factors".into()));
+            }
+            if let Some(head_dim) = head_dim
+                && list.len() != head_dim / 2
+            {
                 return Err((
                     key,
                     format!(

@@ -25,10 +25,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ended, Executor, ExecutorOptions, Handle};
 use crate::error::{Error, Result};
-use crate::pipeline::cache::{Cache, write_atomic};
+use crate::pipeline::cache::Cache;
 use crate::pipeline::job::{Failure, Job};
 use crate::pipeline::ui::InstanceProgress;
 use crate::progress::Progress;
+use crate::results::write_atomic;
 use crate::stages::Resources;
 
 /// File names inside `<cache>/jobs/<key>/`.
@@ -386,6 +387,8 @@ impl SlurmExecutor {
                     w.job_id = new_id;
                     w.attempt = attempt;
                     w.state = "PENDING".into();
+                    // The new attempt writes a new progress file from its start.
+                    w.progress_offset = 0;
                 }
                 Err(f) => {
                     let started = w.started;
@@ -442,10 +445,11 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 /// A job's state as one of Slurm's tools reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct JobState {
-    state: String,
+pub struct JobState {
+    /// `COMPLETED`, `FAILED`, `TIMEOUT`, ...
+    pub state: String,
     /// `exit:signal`; empty where the tool does not say.
-    exit_code: String,
+    pub exit_code: String,
 }
 
 /// `CANCELLED by 0` -> `CANCELLED`.
@@ -459,7 +463,7 @@ fn state_word(s: &str) -> String {
 
 /// States of `ids`: one `squeue` for all, then `scontrol` for ended or unknown ones (it has the
 /// exit code), then `sacct` / `sacct -c` for jobs even scontrol forgot.
-fn job_states(ids: &[String]) -> BTreeMap<String, JobState> {
+pub fn job_states(ids: &[String]) -> BTreeMap<String, JobState> {
     let mut out = BTreeMap::new();
     if ids.is_empty() {
         return out;

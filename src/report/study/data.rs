@@ -5,10 +5,10 @@
 //! report says what it could not show instead of failing.
 
 use super::lineage::Lineage;
-use super::options::{Classifier, Group, ModelId, ReportOptions, method_label};
+use super::options::{self, Classifier, Group, ModelId, ReportOptions, method_label};
 use crate::tables::{
     AttentionDistanceRow, AttentionDivergenceRow, AttentionEntropyRow, EntropyVsErrorRow,
-    NeedleRow, PplRow, ResultRow, Table, TrainLogRow, ValLogRow, read_results,
+    ModelConfigRow, NeedleRow, PplRow, ResultRow, Table, TrainLogRow, ValLogRow, read_results,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -83,6 +83,8 @@ pub struct Study {
     pub entropy_vs_error: Vec<ResultRow<EntropyVsErrorRow>>,
     pub train_log: Vec<ResultRow<TrainLogRow>>,
     pub val_log: Vec<ResultRow<ValLogRow>>,
+    /// The models' config.json, published by the report stage.
+    pub model_config: Vec<ResultRow<ModelConfigRow>>,
     /// Per table name, in reading order.
     pub status: Vec<(&'static str, TableStatus)>,
     /// Models in report order: base, methods (first seen), ablation arms (by length).
@@ -98,6 +100,8 @@ pub struct Study {
     classifier: Option<Classifier>,
     /// Train keys of the base model by lineage (empty: the name patterns decide).
     base_keys: BTreeSet<String>,
+    /// Train stages that lineage and `train_log` show to be a fine-tuning-length ablation.
+    ablation_stages: BTreeSet<String>,
 }
 
 fn load<T: Table>(dir: &Path, status: &mut Vec<(&'static str, TableStatus)>) -> Vec<ResultRow<T>> {
@@ -148,6 +152,7 @@ impl Study {
             entropy_vs_error: load(dir, &mut status),
             train_log: load(dir, &mut status),
             val_log: load(dir, &mut status),
+            model_config: load(dir, &mut status),
             ..Default::default()
         };
         let runs = dir.join("runs.parquet");
@@ -164,6 +169,14 @@ impl Study {
         }
         s.status = status;
         s.base_keys = s.lineage.base_keys();
+        let mut trained: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for r in &s.train_log {
+            let e = trained
+                .entry((r.stage.clone(), r.instance.clone()))
+                .or_insert(r.row.seq_len);
+            *e = (*e).max(r.row.seq_len);
+        }
+        s.ablation_stages = s.lineage.ablation_stages(&trained);
         s.classifier = Some(classifier);
         s.identify_models(opts);
         s.gate_threshold = opts.adaptation_gate;
@@ -171,9 +184,11 @@ impl Study {
         s
     }
 
-    /// The model of a row: the base by lineage when `runs.parquet` records needs (the
-    /// instance's model key is a base key), else by the `base` patterns; ablation or method by
-    /// the `ablation` patterns.
+    /// The model of a row. When `runs.parquet` records needs, lineage decides: the base when
+    /// the instance's model key is a base key; an ablation arm when the train instance of that
+    /// key (the one with the row's matrix label, where two stages share the key) belongs to a
+    /// stage that trains one init at several lengths; else a method. Without lineage the
+    /// `base` and `ablation` patterns decide.
     pub fn model_of<T>(&self, r: &ResultRow<T>) -> ModelId {
         self.model_at(&r.stage, &r.instance, &r.matrix)
     }
@@ -189,14 +204,28 @@ impl Study {
         if self.base_keys.is_empty() {
             return id;
         }
-        match self.lineage.model_key(stage, instance) {
-            Some(k) if self.base_keys.contains(&k) => ModelId {
+        let Some(k) = self.lineage.model_key(stage, instance) else {
+            return id;
+        };
+        if self.base_keys.contains(&k) {
+            return ModelId {
                 group: Group::Base,
                 variant: String::new(),
-            },
-            Some(_) if id.group == Group::Base => c.non_base(stage, instance, matrix),
-            _ => id,
+            };
         }
+        let variant = c.model_variant(instance, matrix);
+        let trainers = self.lineage.instances_with_key(&k);
+        let trainer = trainers
+            .iter()
+            .find(|(_, i)| options::variant_of(i) == variant)
+            .or(trainers.first());
+        let group = match trainer {
+            Some((s, _)) if self.ablation_stages.contains(*s) => Group::Ablation,
+            Some(_) => Group::Method,
+            None if id.group == Group::Base => c.non_base(stage, instance, matrix).group,
+            None => id.group,
+        };
+        ModelId { group, variant }
     }
 
     /// The cache key of the instance that wrote a row (from `runs.parquet`).

@@ -78,6 +78,12 @@ impl<'a> Figures<'a> {
         name
     }
 
+    /// Draws a prepared line chart as `<stem>.png`: the Markdown image line, or `None` (the
+    /// reason in `problems`) when it has no points or cannot be drawn.
+    pub fn line_chart(&mut self, chart: &LineChart, stem: &str) -> Option<String> {
+        self.line(chart, stem)
+    }
+
     fn line(&mut self, chart: &LineChart, stem: &str) -> Option<String> {
         if chart.series.iter().all(|s| s.points.is_empty()) {
             return None;

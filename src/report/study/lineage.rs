@@ -13,7 +13,7 @@
 //! Files written before the `needs` column existed give keys only; the report then falls back
 //! to the name patterns for the base and says so.
 
-use crate::pipeline::results::read_parquet;
+use crate::results::read_parquet;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,6 +130,44 @@ impl Lineage {
             .collect()
     }
 
+    /// The instances whose own cache key is `key` (one model can be trained under two stage
+    /// names with the same settings), in (stage, instance) order.
+    pub fn instances_with_key(&self, key: &str) -> Vec<(&str, &str)> {
+        self.runs
+            .iter()
+            .filter(|(_, r)| r.key == key)
+            .map(|((s, i), _)| (s.as_str(), i.as_str()))
+            .collect()
+    }
+
+    /// The stages that are a **fine-tuning-length ablation**: train stages some of whose
+    /// instances start from the same `init` and were trained at different sequence lengths
+    /// (`seq_len` gives the trained length of a train instance, e.g. from `train_log`).
+    /// Empty without recorded needs.
+    pub fn ablation_stages(&self, seq_len: &BTreeMap<(String, String), i64>) -> BTreeSet<String> {
+        let mut lengths: BTreeMap<(&str, &str), BTreeSet<i64>> = BTreeMap::new();
+        for ((stage, instance), run) in &self.runs {
+            let Some(init) = run.needs.as_ref().and_then(|n| n.get("init")) else {
+                continue;
+            };
+            let (Some(init), Some(len)) = (
+                init.first(),
+                seq_len.get(&(stage.clone(), instance.clone())),
+            ) else {
+                continue;
+            };
+            lengths
+                .entry((stage.as_str(), init.as_str()))
+                .or_default()
+                .insert(*len);
+        }
+        lengths
+            .into_iter()
+            .filter(|(_, l)| l.len() >= 2)
+            .map(|((stage, _), _)| stage.to_string())
+            .collect()
+    }
+
     /// The `init` (base) key of the model an instance measures, when recorded.
     pub fn init_of(&self, stage: &str, instance: &str) -> Option<String> {
         let model = self.model_key(stage, instance)?;
@@ -199,11 +237,50 @@ mod tests {
         );
         assert_eq!(l.init_of("needle_base", "needle_base@seed-1"), None);
         assert_eq!(l.key("needle", "needle@seed-1,ntk4"), Some("n1"));
+        assert_eq!(
+            l.instances_with_key("e1"),
+            vec![
+                ("ablation", "ablation@seed-1,ft256"),
+                ("extend", "extend@seed-1,ntk4")
+            ]
+        );
+        // The ablation is the stage whose instances from one init train at several lengths.
+        put_len_check(&l);
         // Keys only (older files): no lineage, no base.
         let mut old = l.clone();
         for r in old.runs.values_mut() {
             r.needs = None;
         }
         assert!(!old.has_needs() && old.base_keys().is_empty());
+    }
+
+    fn put_len_check(l: &Lineage) {
+        let mut l = l.clone();
+        l.runs.insert(
+            ("ablation".into(), "ablation@seed-1,ft1024".into()),
+            info("a2", &[("data", &["d"]), ("init", &["b1"])]),
+        );
+        let len = |pairs: &[(&str, &str, i64)]| -> BTreeMap<(String, String), i64> {
+            pairs
+                .iter()
+                .map(|(s, i, n)| ((s.to_string(), i.to_string()), *n))
+                .collect()
+        };
+        let seq = len(&[
+            ("base", "base@seed-1", 64),
+            ("extend", "extend@seed-1,ntk4", 256),
+            ("ablation", "ablation@seed-1,ft256", 256),
+            ("ablation", "ablation@seed-1,ft1024", 1024),
+        ]);
+        assert_eq!(
+            l.ablation_stages(&seq),
+            BTreeSet::from(["ablation".to_string()])
+        );
+        // One length per init: no ablation, whatever the stage is called.
+        let one = len(&[
+            ("ablation", "ablation@seed-1,ft256", 256),
+            ("ablation", "ablation@seed-1,ft1024", 256),
+        ]);
+        assert!(l.ablation_stages(&one).is_empty());
     }
 }

@@ -64,6 +64,9 @@ pub struct ReportOptions {
     /// its needle accuracy is at least this at the pretrained length and at its fine-tuning
     /// length; the base only when it reaches it at the pretrained length. 0 disables the gate.
     pub adaptation_gate: f64,
+    /// Needle accuracy that RULER's effective length asks for: a model's effective length is
+    /// the longest tested length up to which its accuracy stays at or above this.
+    pub effective_length_threshold: f64,
 }
 
 impl Default for ReportOptions {
@@ -90,7 +93,70 @@ impl Default for ReportOptions {
             resamples: 10_000,
             bootstrap_seed: 0,
             adaptation_gate: 0.9,
+            effective_length_threshold: 0.9,
         }
+    }
+}
+
+impl ReportOptions {
+    /// Values the report cannot use: `Err((key, message))`, checked when the pipeline is read.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(("alpha", format!("must be in (0, 1), got {}", self.alpha)));
+        }
+        if !(0.0..=1.0).contains(&self.adaptation_gate) {
+            return Err((
+                "adaptation_gate",
+                format!("must be in [0, 1], got {}", self.adaptation_gate),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.effective_length_threshold) {
+            return Err((
+                "effective_length_threshold",
+                format!("must be in [0, 1], got {}", self.effective_length_threshold),
+            ));
+        }
+        if self.resamples == 0 {
+            return Err(("resamples", "must be at least 1".into()));
+        }
+        if !["truncate", "sliding"].contains(&self.ppl_mode.as_str()) {
+            return Err((
+                "ppl_mode",
+                format!("`{}` is not `truncate` or `sliding`", self.ppl_mode),
+            ));
+        }
+        for (key, v) in [
+            ("pretrained_length", self.pretrained_length),
+            ("finetune_length", self.finetune_length),
+        ] {
+            if let Some(v) = v
+                && v < 1
+            {
+                return Err((key, format!("must be at least 1, got {v}")));
+            }
+        }
+        compile("base", &self.base).map_err(|e| ("base", e))?;
+        compile("ablation", &self.ablation).map_err(|e| ("ablation", e))?;
+        if let Some(t) = &self.label_template {
+            let mut open = false;
+            for c in t.chars() {
+                match (c, open) {
+                    ('{', false) => open = true,
+                    ('}', true) => open = false,
+                    ('{', true) => {
+                        return Err((
+                            "label_template",
+                            format!("`{t}` opens a `{{` inside a `{{...}}`: write `{{column}}`"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if open {
+                return Err(("label_template", format!("`{t}` has an unclosed `{{`")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -183,6 +249,11 @@ impl Classifier {
             group: if hit { Group::Ablation } else { Group::Method },
             variant: self.variant(instance, matrix),
         }
+    }
+
+    /// The model variant of a row: [`variant_of`] without the ignored axes' labels.
+    pub fn model_variant(&self, instance: &str, matrix: &[(String, serde_json::Value)]) -> String {
+        self.variant(instance, matrix)
     }
 
     /// [`variant_of`], also without the labels of the ignored axes' values.

@@ -1,12 +1,21 @@
-//! Parquet results: the per-instance table helper and the gathering into `results/<pipeline>/`.
+//! Writing and reading the Parquet results, in one place: the per-instance tables a stage
+//! writes, the gathering into `results/<pipeline>/`, `runs.parquet`, published folders, and the
+//! atomic file write every cache and results file goes through.
 //!
 //! A stage writes `metrics/<table>.parquet` in its output directory ([`write_table`]). After a
 //! run, every table any instance wrote is gathered into `results/<pipeline>/<table>.parquet`
 //! with the columns `stage`, `instance`, the instance's matrix values flattened, then the table's
 //! own columns; `runs.parquet` has one row per instance and `run.json` the provenance. Every file
-//! is written to a temporary name and renamed, so readers never see half a file.
+//! is written to a temporary name and renamed ([`write_atomic`], [`write_parquet`]), so readers
+//! never see half a file, and is created with the mode the umask allows (as `File::create`
+//! would), not the temporary file's private 0600.
+//!
+//! A leaf: it depends on arrow, parquet and [`crate::error`] only, so the runner
+//! (`crate::pipeline`), the stage kinds and the typed tables (`crate::tables`) all use it
+//! without importing one another.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,12 +57,39 @@ fn check_table_name(table: &str) -> Result<()> {
     }
 }
 
+/// Write `path` through a temporary file beside it and a rename: `fill` writes the content.
+/// The temporary is created with mode 0666 less the umask (what `File::create` gives), so the
+/// file is as readable as any other the user creates. A kill before the rename leaves only a
+/// `.tmpXXXXXX` file, which the cache removes before it commits an entry.
+pub fn write_via_temporary(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("cannot write in", dir, e))?;
+    fill(tmp.as_file_mut())?;
+    crate::failpoint::hit("atomic-write");
+    tmp.persist(path)
+        .map_err(|e| Error::io("cannot write", path, e.error))?;
+    Ok(())
+}
+
+/// Write `bytes` to `path` atomically (see [`write_via_temporary`]).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_temporary(path, |f| {
+        f.write_all(bytes)
+            .map_err(|e| Error::io("cannot write", path, e))
+    })
+}
+
 /// Write batches (sharing `schema`) to `path` as zstd Parquet, atomically.
 pub fn write_parquet(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    let tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("cannot write in", dir, e))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
@@ -61,22 +97,19 @@ pub fn write_parquet(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) ->
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    let file = tmp
-        .reopen()
-        .map_err(|e| Error::io("cannot write", path, e))?;
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props))
-        .map_err(|e| results_err(&table, e.to_string()))?;
-    for b in batches {
-        writer
-            .write(b)
+    write_via_temporary(path, |file| {
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props))
             .map_err(|e| results_err(&table, e.to_string()))?;
-    }
-    writer
-        .close()
-        .map_err(|e| results_err(&table, e.to_string()))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("cannot write", path, e.error))?;
-    Ok(())
+        for b in batches {
+            writer
+                .write(b)
+                .map_err(|e| results_err(&table, e.to_string()))?;
+        }
+        writer
+            .close()
+            .map_err(|e| results_err(&table, e.to_string()))?;
+        Ok(())
+    })
 }
 
 /// Write `batch` as table `table` of the instance whose output directory is `out_dir`.
@@ -289,6 +322,7 @@ pub fn gather_tables(dir: &Path, instances: &[InstanceInfo]) -> Result<Vec<Strin
         }
         let (schema, batches) = assemble(table, &parts)?;
         write_parquet(&dir.join(format!("{table}.parquet")), schema, &batches)?;
+        crate::failpoint::hit("results-publish");
     }
     Ok(by_table.into_keys().collect())
 }
@@ -337,7 +371,7 @@ pub fn publish(
             for f in files {
                 let bytes = std::fs::read(&f).map_err(|e| Error::io("cannot read", &f, e))?;
                 let target = dst.join(f.file_name().unwrap_or_default());
-                crate::pipeline::cache::write_atomic(&target, &bytes)?;
+                write_atomic(&target, &bytes)?;
                 written.push(target);
             }
         }
