@@ -23,6 +23,8 @@ pub struct KvCache {
 
 /// One layer's cached keys and values.
 #[derive(Debug, Clone)]
+// One per layer and cache: the size of the larger variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum LayerKv {
     /// `(k, v)`, each `[batch, kv_heads, len, head_dim]`.
     Tensors(Tensor<4>, Tensor<4>),
