@@ -193,6 +193,17 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Training throughput of the train stage's loop (forward, backward, clipping, AdamW, in
+    /// `--shards` data-parallel shards) on random tokens, at the shape the flags give (defaults:
+    /// the ~5M-parameter shape); compare with `python bench/torch_train_shapes.py` and the same
+    /// flags on the same machine.
+    Train {
+        #[command(flatten)]
+        shape: crate::train::bench::TrainShape,
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// The evaluation of a checkpoint at long lengths (`eval_ppl`'s NLL, or the attention
     /// stage's entropy or distance pass) on one random window per length; compare with
     /// `python bench/torch_eval.py run DIR --lengths ...` on the same machine.
@@ -362,6 +373,31 @@ fn bench_command(command: BenchCommand) -> Result<()> {
             println!(
                 "eval forward at {} tokens: {:.3} s wall, {:.3} s CPU",
                 opts.eval_len, r.eval_forward_s, r.eval_forward_cpu_s
+            );
+            Ok(())
+        }
+        BenchCommand::Train { shape, device } => {
+            let bench = shape.bench().map_err(Error::Usage)?;
+            let dev = crate::device::device(&device).map_err(|e| failed(&e))?;
+            let r =
+                crate::train::bench::bench_train(&bench, &dev, &Silent).map_err(|e| failed(&e))?;
+            println!(
+                "{{\"impl\":\"ropelens\",\"params\":{},\"hidden\":{},\"layers\":{},\"heads\":{},\"ffn\":{},\"vocab\":{},\"batch\":{},\"seq_len\":{},\"shards\":{},\"threads\":{},\"steps\":{},\"step_s\":{:.4},\"step_cpu_s\":{:.4},\"tokens_per_s\":{:.0},\"peak_rss_mib\":{:.1}}}",
+                r.params,
+                shape.hidden,
+                shape.layers,
+                shape.heads,
+                bench.config.intermediate_size,
+                shape.vocab,
+                shape.batch,
+                shape.seq_len,
+                shape.shards,
+                rayon::current_num_threads(),
+                shape.steps,
+                r.step_s,
+                r.step_cpu_s,
+                r.tokens_per_s,
+                crate::eval::bench::peak_rss_mib()
             );
             Ok(())
         }

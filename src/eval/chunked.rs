@@ -40,7 +40,7 @@ pub fn forward_chunks(
     }
     let device = model.device();
     let chunk = chunk.max(1);
-    let mut cache = KvCache::new(model.config().num_hidden_layers);
+    let mut cache = KvCache::new(model.config().num_hidden_layers).reserving(t);
     for start in (0..t).step_by(chunk) {
         let len = chunk.min(t - start);
         let part: Vec<Vec<u32>> = rows

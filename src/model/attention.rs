@@ -379,6 +379,19 @@ pub(crate) mod tests {
         super::super::llama::to_f32_vec(t)
     }
 
+    /// `-sum p ln p` of each row of `width` probabilities, summed in f64: what the kernels'
+    /// entropies are checked against.
+    pub(crate) fn row_entropies(p: &[f32], width: usize) -> Vec<f32> {
+        p.chunks(width)
+            .map(|row| {
+                -row.iter()
+                    .filter(|x| **x > 0.0)
+                    .map(|x| (*x as f64) * (*x as f64).ln())
+                    .sum::<f64>() as f32
+            })
+            .collect()
+    }
+
     pub(crate) fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter()
@@ -420,16 +433,7 @@ pub(crate) mod tests {
         assert!(max_diff(&full, &data(fused)) < 1e-5);
         assert!(max_diff(&full, &data(blk)) < 1e-5);
         // Entropy against -sum p ln p of the materialized probabilities.
-        let p = data(probs.unwrap());
-        let expect: Vec<f32> = p
-            .chunks(37)
-            .map(|row| {
-                -row.iter()
-                    .filter(|x| **x > 0.0)
-                    .map(|x| (*x as f64) * (*x as f64).ln())
-                    .sum::<f64>() as f32
-            })
-            .collect();
+        let expect = row_entropies(&data(probs.unwrap()), 37);
         let got = super::super::llama::to_f32_vec(ent.unwrap());
         assert!(
             max_diff(&expect, &got) < 1e-5,

@@ -220,12 +220,41 @@ pub fn flash_attention(
     blocks: AttentionBlocks,
     want_entropy: bool,
 ) -> FlashOutput {
-    shape.check(q.len(), k.len(), v.len());
+    flash_attention_strided(q, k, v, shape, shape.k_len, blocks, want_entropy)
+}
+
+/// [`flash_attention`] with k and v laid out `[batch, kv_heads, k_stride, head_dim]`, of which
+/// the first `k_len` positions of each head are the keys (a KV cache with room to grow).
+///
+/// # Panics
+/// If the slice lengths do not fit `shape` and `k_stride`, or `k_stride < k_len`.
+pub fn flash_attention_strided(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: FlashShape,
+    k_stride: usize,
+    blocks: AttentionBlocks,
+    want_entropy: bool,
+) -> FlashOutput {
+    assert!(k_stride >= shape.k_len, "key stride below the key count");
+    assert!(
+        shape.q_offset < shape.k_len || shape.q_len == 0,
+        "query 0 at key position {} but only {} keys",
+        shape.q_offset,
+        shape.k_len
+    );
+    let padded = FlashShape {
+        k_len: k_stride,
+        ..shape
+    };
+    padded.check(q.len(), k.len(), v.len());
     let s = shape;
     let (bq, bk) = (blocks.query.max(1), blocks.key.max(1));
     let (g, d) = (s.groups(), s.head_dim);
     let scale = (d as f64).powf(-0.5) as f32;
     let kv_size = s.k_len * d;
+    let kv_block = k_stride * d;
     // Per task: its output rows, log-sum-exps and entropies (empty unless asked for).
     type TaskOut = (Task, Vec<f32>, Vec<f32>, Vec<f32>);
     let results: Vec<TaskOut> = tasks(&s, bq)
@@ -233,7 +262,7 @@ pub fn flash_attention(
         .map(|t| {
             let mut tile = Tile::new(q, &s, &t, bk, scale);
             let rows = tile.rows;
-            let kv_off = (t.b * s.kv_heads + t.kvh) * kv_size;
+            let kv_off = (t.b * s.kv_heads + t.kvh) * kv_block;
             let (kh, vh) = (&k[kv_off..kv_off + kv_size], &v[kv_off..kv_off + kv_size]);
             let mut acc = vec![0f32; rows * d];
             let mut m = vec![f32::NEG_INFINITY; rows];
@@ -573,7 +602,7 @@ pub mod simd {
 mod tests {
     use super::*;
 
-    use crate::model::attention::tests::{max_diff, random_qkv};
+    use crate::model::attention::tests::{max_diff, random_qkv, row_entropies};
     use crate::model::attention::{attend_blockwise, attend_materialized, distance_sums as sums};
     use crate::model::llama::to_f32_vec;
 
@@ -594,15 +623,7 @@ mod tests {
             let [q, k, v] = random_qkv(heads, kv, nq, nk, d);
             let (want, probs) = attend_materialized(q.clone(), k.clone(), v.clone(), cached, true);
             let (want, p) = (to_f32_vec(want), to_f32_vec(probs.unwrap()));
-            let want_h: Vec<f32> = p
-                .chunks(nk)
-                .map(|row| {
-                    -row.iter()
-                        .filter(|x| **x > 0.0)
-                        .map(|x| (*x as f64) * (*x as f64).ln())
-                        .sum::<f64>() as f32
-                })
-                .collect();
+            let want_h = row_entropies(&p, nk);
             let max_d = nk - 3;
             let mut want_dist = vec![0f64; heads * max_d];
             for b in 0..2 {

@@ -68,7 +68,8 @@ pub fn greedy_decode(model: &Llama, prompt: &[u32], opts: &GreedyOptions) -> Res
         )));
     }
     let device = model.device();
-    let mut cache = KvCache::new(model.config().num_hidden_layers);
+    let mut cache = KvCache::new(model.config().num_hidden_layers)
+        .reserving(prompt.len() + opts.max_new_tokens);
     let n = prompt.len();
     if n > 1 {
         model.forward_cached_hidden(row(&prompt[..n - 1], &device), &mut cache, None, Some(n))?;

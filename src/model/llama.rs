@@ -23,7 +23,9 @@ use super::attention::{
 };
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
-use super::flash;
+use super::flash::{self, FlashShape};
+pub use super::kv_cache::KvCache;
+use super::kv_cache::LayerKv;
 use super::rope::{RopeConfig, cos_sin};
 
 /// A linear layer `y = x W + b` with `W` stored `[in, out]`.
@@ -209,34 +211,6 @@ enum Stat {
     Probs(Tensor<4>),
 }
 
-/// Keys and values of earlier positions, per layer, after RoPE.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    /// Per layer `(k, v)`, each `[batch, kv_heads, len, head_dim]`.
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
-    len: usize,
-}
-
-impl KvCache {
-    /// An empty cache for a model with `num_layers` layers.
-    pub fn new(num_layers: usize) -> Self {
-        KvCache {
-            layers: vec![None; num_layers],
-            len: 0,
-        }
-    }
-
-    /// Positions cached so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
 /// Mean attention probability by relative distance, per layer and head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DistanceProfile {
@@ -412,12 +386,49 @@ impl Llama {
             let a = &layer.self_attn;
             // q: [b, heads, t, hd]; k, v: [b, kv_heads, t, hd]
             let (q, mut k, mut v) = a.qkv(h, (heads, kv_heads, hd), &cos, &sin);
+            let host_blocks = match mode {
+                Mode::Fused => Some((AttentionBlocks::flash(), false)),
+                Mode::Entropy(blocks) => Some((blocks, true)),
+                Mode::Materialized | Mode::Probs => None,
+            };
+            if let (Some(kv), Some((blocks, want_entropy)), true) =
+                (cache.as_deref_mut(), host_blocks, flash)
+                && kv.host
+            {
+                // The kernel reads the cache in place: only this step's keys are copied.
+                let shape = FlashShape {
+                    k_len: start + t,
+                    ..FlashShape::of(&q, &k, start)
+                };
+                let sizes = (b * kv_heads, t, hd);
+                let host = kv.append_host(li, &to_f32_vec(k), &to_f32_vec(v), sizes);
+                let (o, _, e) = flash::flash_attention_strided(
+                    &to_f32_vec(q),
+                    &host.k,
+                    &host.v,
+                    shape,
+                    host.capacity,
+                    blocks,
+                    want_entropy,
+                )
+                .into_tensors(shape, &device);
+                let stat = e.map_or(Stat::None, Stat::Entropy);
+                stats.push(stat);
+                x = self.finish_layer(layer, x, o, [b, t, heads * hd]);
+                continue;
+            }
             if let Some(kv) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = kv.layers[li].take() {
-                    k = Tensor::cat(vec![pk, k], 2);
-                    v = Tensor::cat(vec![pv, v], 2);
+                match kv.layers[li].take() {
+                    Some(LayerKv::Tensors(pk, pv)) => {
+                        k = Tensor::cat(vec![pk, k], 2);
+                        v = Tensor::cat(vec![pv, v], 2);
+                    }
+                    Some(LayerKv::Host(_)) => {
+                        panic!("KV cache layer {li} holds host buffers off the CPU kernel")
+                    }
+                    None => {}
                 }
-                kv.layers[li] = Some((k.clone(), v.clone()));
+                kv.layers[li] = Some(LayerKv::Tensors(k.clone(), v.clone()));
             }
             let (o, stat) = match mode {
                 Mode::Materialized => (attend_materialized(q, k, v, start, false).0, Stat::None),
@@ -440,15 +451,27 @@ impl Llama {
                 }
             };
             stats.push(stat);
-            // [b, t, heads * hd]
-            let o = o.swap_dims(1, 2).reshape([b, t, heads * hd]);
-            x = x + a.o_proj.forward(o);
-            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+            x = self.finish_layer(layer, x, o, [b, t, heads * hd]);
         }
         if let Some(kv) = cache {
             kv.len += t;
         }
         (self.norm.forward(x), stats)
+    }
+
+    /// The rest of a decoder layer after attention: the output projection of `o`
+    /// `[b, heads, t, head_dim]` (reshaped to `merged` = `[b, t, heads * head_dim]`), the
+    /// residual, and the MLP block.
+    fn finish_layer(
+        &self,
+        layer: &DecoderLayer,
+        x: Tensor<3>,
+        o: Tensor<4>,
+        merged: [usize; 3],
+    ) -> Tensor<3> {
+        let o = o.swap_dims(1, 2).reshape(merged);
+        let x = x + layer.self_attn.o_proj.forward(o);
+        x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x))
     }
 
     /// Logits of final-norm hidden states: `[b, t, hidden]` -> `[b, t, vocab]`.

@@ -11,6 +11,7 @@ pub mod error;
 pub mod flash;
 pub mod generate;
 pub mod gguf;
+pub mod kv_cache;
 pub mod llama;
 pub mod memory;
 pub mod rope;

@@ -1,6 +1,7 @@
-//! Training throughput of the real loop ([`super::train`]) on random tokens, for the configs
-//! docs/train.md reports: the quickstart base model and the ~5M-parameter benchmark model of
-//! docs/model.md (whose PyTorch eager reference is bench/torch_reference.py).
+//! Training throughput of the real loop ([`super::train`]) on random tokens: `pipe bench train`
+//! at a shape given by flags ([`TrainShape`]), and the configs docs/train.md reports (the
+//! quickstart base model, its fine-tune, and the ~5M-parameter benchmark model of docs/model.md).
+//! The PyTorch reference for the same shapes is bench/torch_train_shapes.py.
 
 use std::time::Instant;
 
@@ -41,6 +42,84 @@ pub struct TrainBenchReport {
     pub step_cpu_s: f64,
     /// Training tokens per second.
     pub tokens_per_s: f64,
+}
+
+/// The shape `pipe bench train` measures, as its flags give it (defaults: [`TrainBench::five_m`]).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct TrainShape {
+    /// Model width.
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    /// Decoder layers.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Attention heads (= key/value heads); must divide --hidden into an even head width.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// MLP width (default: 8/3 x hidden rounded up to a multiple of 32, as the train stage's
+    /// models and bench/torch_train_shapes.py use).
+    #[arg(long)]
+    pub ffn: Option<usize>,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 4096)]
+    pub vocab: usize,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Rows per optimiser step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Steps timed (after one untimed step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: u64,
+    /// Data-parallel shards per batch (`train.shards`).
+    #[arg(long, default_value_t = DEFAULT_SHARDS)]
+    pub shards: usize,
+}
+
+impl TrainShape {
+    /// The measurement these flags describe, or what is wrong with them, naming the flag.
+    pub fn bench(&self) -> std::result::Result<TrainBench, String> {
+        for (flag, v) in [
+            ("--hidden", self.hidden),
+            ("--layers", self.layers),
+            ("--heads", self.heads),
+            ("--vocab", self.vocab),
+            ("--seq-len", self.seq_len),
+            ("--batch", self.batch),
+            ("--steps", self.steps as usize),
+            ("--shards", self.shards),
+            ("--ffn", self.ffn.unwrap_or(1)),
+        ] {
+            if v == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        if !self.hidden.is_multiple_of(self.heads) || !(self.hidden / self.heads).is_multiple_of(2)
+        {
+            return Err(format!(
+                "--hidden {} must be --heads {} times an even head width (RoPE rotates pairs)",
+                self.hidden, self.heads
+            ));
+        }
+        let mut config = LlamaConfig::new(
+            self.vocab,
+            self.hidden,
+            self.layers,
+            self.heads,
+            self.seq_len,
+        );
+        if let Some(ffn) = self.ffn {
+            config.intermediate_size = ffn;
+        }
+        Ok(TrainBench {
+            config,
+            batch_size: self.batch,
+            seq_len: self.seq_len,
+            steps: self.steps,
+            shards: self.shards,
+        })
+    }
 }
 
 impl TrainBench {

@@ -4,5 +4,6 @@
 mod checkpoint;
 pub(crate) mod fixture;
 mod gguf;
+mod kv_cache;
 mod parity;
 mod train;

@@ -2,6 +2,7 @@
 //! resumes to the same weights, checkpoints reload, RoPE changes keep weights, and errors name
 //! what went wrong.
 
+mod bench_cli;
 mod parity;
 
 use burn::tensor::Device;

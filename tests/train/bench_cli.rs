@@ -1,0 +1,86 @@
+//! `pipe bench train`: its flags are checked before anything runs, and it runs on a tiny shape
+//! (no time is asserted: the figures depend on the machine).
+
+use crate::runner::Project;
+
+#[test]
+fn bench_train_refuses_bad_shapes_naming_the_flag() {
+    let p = Project::new();
+    for (args, expected) in [
+        (&["--batch", "0"][..], "--batch must be at least 1"),
+        (&["--shards", "0"][..], "--shards must be at least 1"),
+        (&["--steps", "0"][..], "--steps must be at least 1"),
+        (&["--ffn", "0"][..], "--ffn must be at least 1"),
+        (
+            &["--hidden", "100", "--heads", "3"][..],
+            "--hidden 100 must be --heads 3 times an even head width",
+        ),
+        (
+            &["--hidden", "12", "--heads", "4"][..],
+            "--hidden 12 must be --heads 4 times an even head width",
+        ),
+        (&["--device", "tpu"][..], "unknown device `tpu`"),
+    ] {
+        let mut full = vec!["bench", "train"];
+        full.extend_from_slice(args);
+        let err = p.fail(&full);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    // clap's own checks: a value that is not a number.
+    let err = p.fail(&["bench", "train", "--hidden", "wide"]);
+    assert!(err.contains("invalid value 'wide' for '--hidden"), "{err}");
+}
+
+#[test]
+fn bench_train_runs_a_tiny_shape_and_reports_it() {
+    let p = Project::new();
+    let out = p.ok(&[
+        "bench",
+        "train",
+        "--hidden",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--vocab",
+        "64",
+        "--seq-len",
+        "8",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+    ]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line in:\n{out}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    for (key, want) in [
+        ("hidden", 16),
+        ("layers", 1),
+        ("heads", 2),
+        ("ffn", 64),
+        ("vocab", 64),
+        ("batch", 4),
+        ("seq_len", 8),
+        ("shards", 2),
+        ("steps", 2),
+    ] {
+        assert_eq!(v[key], want, "{key} in {line}");
+    }
+    // 64 x 16 embeddings and head, per layer 4 x 16 x 16 attention + 3 x 16 x 64 MLP + 2 x 16
+    // norms, and the final norm.
+    let params = 2 * 64 * 16 + (4 * 16 * 16 + 3 * 16 * 64 + 2 * 16) + 16;
+    assert_eq!(v["params"], params, "{line}");
+    for key in ["step_s", "tokens_per_s", "peak_rss_mib"] {
+        let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} in {line}"));
+        assert!(x > 0.0 && x.is_finite(), "{key} = {x} in {line}");
+    }
+    // A difference of two runs' CPU time: finite, but on a tiny shape it may dip below zero.
+    assert!(
+        v["step_cpu_s"].as_f64().is_some_and(f64::is_finite),
+        "{line}"
+    );
+}
