@@ -949,7 +949,8 @@ mod tests {
                 "entropy_vs_error",
                 "train_log",
                 "val_log",
-                "model_config"
+                "model_config",
+                "warnings"
             ]
         );
         for t in all_tables() {
