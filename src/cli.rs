@@ -382,7 +382,7 @@ fn bench_command(command: BenchCommand) -> Result<()> {
             let r =
                 crate::train::bench::bench_train(&bench, &dev, &Silent).map_err(|e| failed(&e))?;
             println!(
-                "{{\"impl\":\"ropelens\",\"params\":{},\"hidden\":{},\"layers\":{},\"heads\":{},\"ffn\":{},\"vocab\":{},\"batch\":{},\"seq_len\":{},\"shards\":{},\"threads\":{},\"steps\":{},\"step_s\":{:.4},\"step_cpu_s\":{:.4},\"tokens_per_s\":{:.0},\"peak_rss_mib\":{:.1}}}",
+                "{{\"impl\":\"ropelens\",\"params\":{},\"hidden\":{},\"layers\":{},\"heads\":{},\"ffn\":{},\"vocab\":{},\"batch\":{},\"seq_len\":{},\"shards\":{},\"threads\":{},\"steps\":{},\"step_s\":{},\"step_cpu_s\":{},\"tokens_per_s\":{:.0},\"peak_rss_mib\":{:.1}}}",
                 r.params,
                 shape.hidden,
                 shape.layers,
@@ -524,7 +524,7 @@ fn report_command(load: &LoadArgs) -> Result<()> {
         let opts: ReportOptions = serde_json::from_value(inst.params.clone())
             .map_err(|e| Error::Usage(format!("stage `{}`: report options: {e}", inst.name)))?;
         // The same place the runner publishes a report stage's output to.
-        let out = pipeline::results::publish_target(dir, &inst.name, reports.len() > 1);
+        let out = crate::results::publish_target(dir, &inst.name, reports.len() > 1);
         let summary = write_report(dir, &out, &opts)
             .map_err(|e| Error::Usage(format!("report `{}`: {e}", inst.name)))?;
         println!(

@@ -10,7 +10,7 @@
 //! never see half a file, and is created with the mode the umask allows (as `File::create`
 //! would), not the temporary file's private 0600.
 //!
-//! A leaf: it depends on arrow, parquet and [`crate::error`] only, so the runner
+//! A leaf: it depends on arrow, parquet, [`crate::error`] and [`crate::failpoint`] only, so the runner
 //! (`crate::pipeline`), the stage kinds and the typed tables (`crate::tables`) all use it
 //! without importing one another.
 
@@ -146,13 +146,40 @@ pub struct InstanceInfo {
     pub dir: Option<PathBuf>,
 }
 
+/// How an instance ended in a run: the `status` column of `runs.parquet` and `run.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Its entry was in the cache.
+    Cached,
+    /// This run built it.
+    Built,
+    /// Its build failed.
+    Failed,
+    /// Not built because something it needs failed.
+    Skipped,
+    /// Not built: the run stopped first.
+    NotRun,
+}
+
+impl RunStatus {
+    /// The word written to the results.
+    pub fn word(self) -> &'static str {
+        match self {
+            RunStatus::Cached => "cached",
+            RunStatus::Built => "built",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+            RunStatus::NotRun => "not-run",
+        }
+    }
+}
+
 /// One row of `runs.parquet`.
 #[derive(Debug, Clone)]
 pub struct RunRow {
     pub key: String,
     pub cached: bool,
-    /// `cached`, `built`, `failed`, `skipped` or `not-run`.
-    pub status: String,
+    pub status: RunStatus,
     pub seconds: f64,
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -421,7 +448,7 @@ pub fn write_runs(dir: &Path, rows: &[(InstanceInfo, RunRow)]) -> Result<()> {
         )),
         Arc::new(StringArray::from(
             rows.iter()
-                .map(|(_, r)| r.status.as_str())
+                .map(|(_, r)| r.status.word())
                 .collect::<Vec<_>>(),
         )),
         Arc::new(Float64Array::from(

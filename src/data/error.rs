@@ -17,6 +17,9 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// An output file that could not be written (the message names it).
+    #[error("{0}")]
+    Write(String),
     /// A malformed line of a JSONL file.
     #[error("{}:{line}: {message}", path.display())]
     Jsonl {

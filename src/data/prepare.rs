@@ -158,11 +158,7 @@ fn tokenize_all(
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    crate::results::write_atomic(path, bytes).map_err(|e| DataError::Write(e.to_string()))
 }
 
 /// Runs the whole preparation into `ctx.out_dir`; see docs/data.md for the files written.

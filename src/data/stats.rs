@@ -7,9 +7,6 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::error::DataError;
@@ -93,7 +90,8 @@ pub fn data_stats_schema() -> Schema {
     ])
 }
 
-/// Writes `path` through a temporary file renamed into place.
+/// Writes `path` as every results file is written (`crate::results`: a temporary renamed into
+/// place, the umask's mode).
 pub fn write_data_stats(path: &Path, stats: &DataStats) -> Result<(), DataError> {
     let werr = |e: &dyn std::fmt::Display| DataError::Parquet {
         path: path.to_path_buf(),
@@ -129,17 +127,6 @@ pub fn write_data_stats(path: &Path, stats: &DataStats) -> Result<(), DataError>
         ],
     )
     .map_err(|e| werr(&e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    }
-    let tmp = path.with_extension("parquet.tmp");
-    let file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| werr(&e))?;
-    w.write(&batch).map_err(|e| werr(&e))?;
-    w.close().map_err(|e| werr(&e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
-    Ok(())
+    crate::results::write_parquet(path, schema, &[batch])
+        .map_err(|e| DataError::Write(e.to_string()))
 }

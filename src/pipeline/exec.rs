@@ -22,6 +22,7 @@ use super::key::{FileHasher, KeyFields, KeyRecord, canonical, compare};
 use super::spec::Pipeline;
 use super::ui::{InstanceProgress, Ui};
 use crate::error::{Error, Result};
+use crate::results::RunStatus;
 use crate::stages::{Resources, Upstream, WorkLock};
 
 /// What a run should do.
@@ -361,14 +362,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The word in `runs.parquet`'s `status` column.
-    pub fn word(&self) -> &'static str {
+    /// What `runs.parquet`'s `status` column records of it.
+    pub fn status(&self) -> RunStatus {
         match self {
-            Outcome::Cached => "cached",
-            Outcome::Built => "built",
-            Outcome::Failed(_) => "failed",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::NotRun => "not-run",
+            Outcome::Cached => RunStatus::Cached,
+            Outcome::Built => RunStatus::Built,
+            Outcome::Failed(_) => RunStatus::Failed,
+            Outcome::Skipped(_) => RunStatus::Skipped,
+            Outcome::NotRun => RunStatus::NotRun,
         }
     }
 

@@ -13,9 +13,6 @@ pub mod key;
 pub mod schema;
 pub mod spec;
 pub mod ui;
-/// The results module is a leaf of the crate (stages and tables write through it too); it is
-/// re-exported here, where the runner's users have always found it.
-pub use crate::results;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -23,9 +20,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
+use crate::results::{self, InstanceInfo, RunRow};
 use cache::Cache;
 use exec::{ExecOptions, Outcome, Plan, Report, Selection};
-use results::{InstanceInfo, RunRow};
 
 /// Load, check and expand a pipeline file.
 pub fn load(file: &Path, sets: &[String]) -> Result<(spec::Pipeline, graph::Graph)> {
@@ -213,7 +210,7 @@ fn write_results(
                 RunRow {
                     key: plan.key(i).to_string(),
                     cached: r.outcome == Outcome::Cached,
-                    status: r.outcome.word().to_string(),
+                    status: r.outcome.status(),
                     seconds: r.seconds,
                     started_at: r.started_at,
                     finished_at: r.finished_at,
@@ -273,7 +270,7 @@ fn write_results(
                 "stage": info.stage,
                 "instance": info.instance,
                 "key": plan.key(i),
-                "status": r.outcome.word(),
+                "status": r.outcome.status().word(),
                 "seconds": r.seconds,
             })
         })

@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 
-use super::train::SUMMARY_FILE as TRAIN_SUMMARY;
+use super::train::{SUMMARY_FILE as TRAIN_SUMMARY, Train, TrainSummary};
 use super::{Ctx, Needs, ParamError, StageKind, Upstream};
 use crate::report::study::{ReportOptions, write_report};
-use crate::results::{InstanceInfo, RunRow, gather_tables, write_runs};
+use crate::results::{InstanceInfo, RunRow, RunStatus, gather_tables, write_runs};
 use crate::tables::{ModelConfigRow, ResultRow, Table, WarningRow, write_results};
 use std::path::Path;
 
@@ -81,7 +81,7 @@ impl StageKind for Report {
             write_results(&tables.join(&name), &configs)?;
             own_tables.push(name);
         }
-        let warnings = instance_warnings(&infos)?;
+        let warnings = instance_warnings(&upstreams)?;
         if !warnings.is_empty() {
             let name = format!("{}.parquet", WarningRow::NAME);
             write_results(&tables.join(&name), &warnings)?;
@@ -120,7 +120,7 @@ fn write_lineage(
                 RunRow {
                     key: u.key.clone(),
                     cached: true,
-                    status: "cached".into(),
+                    status: RunStatus::Cached,
                     seconds: 0.0,
                     started_at: None,
                     finished_at: None,
@@ -154,29 +154,24 @@ fn model_configs(infos: &[InstanceInfo]) -> anyhow::Result<Vec<ResultRow<ModelCo
     Ok(rows)
 }
 
-/// The warnings of every gathered instance whose summary records some (`train.json`'s
-/// `warnings`), in gather order.
-fn instance_warnings(infos: &[InstanceInfo]) -> anyhow::Result<Vec<ResultRow<WarningRow>>> {
+/// The warnings of every gathered train instance (its [`TrainSummary`]'s), in gather order.
+fn instance_warnings(upstreams: &[&Upstream]) -> anyhow::Result<Vec<ResultRow<WarningRow>>> {
     let mut rows = Vec::new();
-    for info in infos {
-        let Some(dir) = &info.dir else { continue };
-        let path = dir.join(TRAIN_SUMMARY);
-        if !path.is_file() {
-            continue;
-        }
+    for u in upstreams
+        .iter()
+        .filter(|u| u.kind == <Train as StageKind>::KIND)
+    {
+        let path = u.dir.join(TRAIN_SUMMARY);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let summary: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a JSON summary", path.display()))?;
-        let messages = summary["warnings"].as_array().into_iter().flatten();
-        for message in messages.filter_map(|m| m.as_str()) {
+        let summary: TrainSummary = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a train summary", path.display()))?;
+        for message in summary.warnings {
             rows.push(ResultRow {
-                stage: info.stage.clone(),
-                instance: info.instance.clone(),
-                matrix: info.matrix.clone(),
-                row: WarningRow {
-                    message: message.to_string(),
-                },
+                stage: u.stage.clone(),
+                instance: u.instance.clone(),
+                matrix: u.matrix.clone().into_iter().collect(),
+                row: WarningRow { message },
             });
         }
     }

@@ -30,6 +30,41 @@ const VALIDATION_SEED: u64 = 0x7a11_da7a;
 /// Summary file written beside the model.
 pub const SUMMARY_FILE: &str = "train.json";
 
+/// What a train instance records in [`SUMMARY_FILE`] beside its weights: the run's totals, the
+/// model it made, and the warnings it printed (which the report stage publishes).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainSummary {
+    /// Optimiser steps done.
+    pub steps: u64,
+    /// Training tokens seen.
+    pub tokens: u64,
+    /// Training sequence length.
+    pub seq_len: usize,
+    /// Training seconds over every session.
+    pub elapsed_s: f64,
+    /// Training throughput.
+    pub tokens_per_s: f64,
+    /// The checkpoint step this run resumed from, if it did.
+    pub resumed_from: Option<u64>,
+    /// The last logged training loss.
+    pub final_loss: Option<f64>,
+    /// The last validation loss.
+    pub final_val_loss: Option<f64>,
+    /// Parameters of the model.
+    pub params: usize,
+    /// The model's RoPE type (`default`, `linear`, `yarn`, ...).
+    pub rope_type: String,
+    /// The model's `max_position_embeddings`.
+    pub max_position_embeddings: usize,
+    /// The instance of `needs.init`, if the model started from one.
+    pub init: Option<String>,
+    /// The device it trained on.
+    pub device: String,
+    /// `WARNING:` lines printed while it ran (none: the key is left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
 /// [`WindowSampler`] as a [`BatchSource`].
 struct Sampler(WindowSampler);
 
@@ -261,27 +296,27 @@ impl StageKind for Train {
         ctx.write_table(TrainLogRow::NAME, &TrainLogRow::to_batch(&out.train_log)?)?;
         ctx.write_table(ValLogRow::NAME, &ValLogRow::to_batch(&out.val_log)?)?;
         let c = out.model.config();
-        let mut summary = serde_json::json!({
-            "steps": out.steps,
-            "tokens": out.tokens,
-            "seq_len": p.seq_len,
-            "elapsed_s": out.elapsed_s,
-            "tokens_per_s": out.tokens_per_s,
-            "resumed_from": out.resumed_from,
-            "final_loss": out.train_log.last().map(|r| r.loss),
-            "final_val_loss": out.val_log.last().map(|r| r.val_loss),
-            "params": c.num_params(),
-            "rope_type": c.rope.rope_type(),
-            "max_position_embeddings": c.max_position_embeddings,
-            "init": ctx.need_all("init").first().map(|u| u.instance.clone()),
-            "device": ctx.device,
-        });
-        if !warnings.is_empty() {
-            summary["warnings"] = serde_json::json!(warnings);
-        }
+        let summary = TrainSummary {
+            steps: out.steps,
+            tokens: out.tokens,
+            seq_len: p.seq_len,
+            elapsed_s: out.elapsed_s,
+            tokens_per_s: out.tokens_per_s,
+            resumed_from: out.resumed_from,
+            final_loss: out.train_log.last().map(|r| r.loss),
+            final_val_loss: out.val_log.last().map(|r| r.val_loss),
+            params: c.num_params(),
+            rope_type: c.rope.rope_type().to_string(),
+            max_position_embeddings: c.max_position_embeddings,
+            init: ctx.need_all("init").first().map(|u| u.instance.clone()),
+            device: ctx.device.to_string(),
+            warnings,
+        };
         let sp = ctx.out_dir.join(SUMMARY_FILE);
-        std::fs::write(&sp, serde_json::to_string_pretty(&summary)? + "\n")
-            .with_context(|| format!("writing {}", sp.display()))?;
+        crate::results::write_atomic(
+            &sp,
+            (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
+        )?;
         // Checkpoints stay until the entry is committed (`scratch`): removing them here would
         // leave a kill before the commit nothing to resume from.
         Ok(())

@@ -38,7 +38,8 @@ pub struct TrainBenchReport {
     pub params: usize,
     /// Mean seconds per optimiser step (wall).
     pub step_s: f64,
-    /// Mean process CPU seconds per optimiser step (all threads).
+    /// Mean process CPU seconds per optimiser step (all threads; a difference of the process's
+    /// cumulative CPU time, so never negative).
     pub step_cpu_s: f64,
     /// Training tokens per second.
     pub tokens_per_s: f64,
@@ -69,7 +70,7 @@ pub struct TrainShape {
     /// Rows per optimiser step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Steps timed (after one untimed step).
+    /// Steps timed (after one untimed step, which allocates and warms up).
     #[arg(long, default_value_t = 5)]
     pub steps: u64,
     /// Data-parallel shards per batch (`train.shards`).
@@ -163,7 +164,9 @@ impl TrainBench {
 }
 
 /// Time the training loop (forward, backward, clipping, AdamW; no validation or checkpoints
-/// but the final one) on `device` (plain; training uses its autodiff form).
+/// but the final one) on `device` (plain; training uses its autodiff form): one run of
+/// `steps + 1` steps, timed between the loop's own step reports, so the first step (allocation
+/// and warm-up), the setup and the final checkpoint are all outside the timed steps.
 pub fn bench_train(
     bench: &TrainBench,
     device: &Device,
@@ -175,38 +178,85 @@ pub fn bench_train(
         .map(|i| ((i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) % vocab) as u32)
         .collect();
     let ad = device.clone().autodiff();
-    let run = |steps: u64, sub: &str| -> Result<(f64, f64)> {
-        let params = TrainParams {
-            seq_len: bench.seq_len,
-            batch_size: bench.batch_size,
-            steps: Some(steps),
-            shards: bench.shards,
-            checkpoint_every: 0,
-            val_every: 0,
-            ..TrainParams::default()
-        };
-        let model = seeded_init(Llama::init(&bench.config, &ad)?, 1);
-        let mut source = TokenWindows::new(tokens.clone(), bench.seq_len + 1, 1)?;
-        let run_dir = dir.path().join(sub);
-        let job = TrainJob {
-            params: &params,
-            seed: 1,
-            run_dir: &run_dir,
-            progress,
-            stop_after: None,
-        };
-        let (t, c) = (Instant::now(), process_cpu_s());
-        train(&job, model, &mut source, &[])?;
-        Ok((t.elapsed().as_secs_f64(), process_cpu_s() - c))
+    let params = TrainParams {
+        seq_len: bench.seq_len,
+        batch_size: bench.batch_size,
+        steps: Some(bench.steps + 1),
+        shards: bench.shards,
+        checkpoint_every: 0,
+        val_every: 0,
+        ..TrainParams::default()
     };
-    // The difference of a 1-step and an (n+1)-step run: setup and the final checkpoint cancel.
-    let one = run(1, "a")?;
-    let many = run(bench.steps + 1, "b")?;
-    let step_s = ((many.0 - one.0) / bench.steps as f64).max(1e-9);
+    let model = seeded_init(Llama::init(&bench.config, &ad)?, 1);
+    let mut source = TokenWindows::new(tokens, bench.seq_len + 1, 1)?;
+    let clock = StepClock::new(progress);
+    let job = TrainJob {
+        params: &params,
+        seed: 1,
+        run_dir: dir.path(),
+        progress: &clock,
+        stop_after: None,
+    };
+    train(&job, model, &mut source, &[])?;
+    let stamps = clock.stamps();
+    // Stamp k is taken when step k ends: stamps 1..=steps bound the timed steps.
+    let (Some(first), Some(last)) = (stamps.first(), stamps.last()) else {
+        return Err(super::TrainError::Data(
+            "the training loop reported no step".into(),
+        ));
+    };
+    let timed = (stamps.len() - 1) as f64;
+    if timed < 1.0 {
+        return Err(super::TrainError::Data(format!(
+            "the training loop reported {} step(s), fewer than the 2 needed to time one",
+            stamps.len()
+        )));
+    }
+    let step_s = (last.0 - first.0).as_secs_f64() / timed;
     Ok(TrainBenchReport {
         params: bench.config.num_params(),
         step_s,
-        step_cpu_s: (many.1 - one.1) / bench.steps as f64,
+        step_cpu_s: (last.1 - first.1) / timed,
         tokens_per_s: (bench.batch_size * bench.seq_len) as f64 / step_s,
     })
+}
+
+/// A [`Progress`] that passes everything on and notes the wall clock and the process CPU time
+/// at each step the training loop reports (it advances by one after every optimiser step).
+struct StepClock<'a> {
+    inner: &'a dyn Progress,
+    stamps: std::sync::Mutex<Vec<(Instant, f64)>>,
+}
+
+impl<'a> StepClock<'a> {
+    fn new(inner: &'a dyn Progress) -> Self {
+        StepClock {
+            inner,
+            stamps: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn stamps(&self) -> Vec<(Instant, f64)> {
+        self.stamps.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Progress for StepClock<'_> {
+    fn start(&self, phase: &str, total: u64) {
+        self.inner.start(phase, total);
+    }
+
+    fn advance(&self, steps: u64) {
+        // The loop's first call, `advance(0)` (a fresh run resumes from step 0), is no step.
+        if steps > 0
+            && let Ok(mut s) = self.stamps.lock()
+        {
+            s.push((Instant::now(), process_cpu_s()));
+        }
+        self.inner.advance(steps);
+    }
+
+    fn message(&self, text: &str) {
+        self.inner.message(text);
+    }
 }

@@ -96,7 +96,7 @@ fn every_document_can_go_to_validation() {
 /// The `data_stats` column `col` (every row).
 fn stats_column(out: &Path, col: &str) -> Vec<u64> {
     let (_, batches) =
-        ropelens::pipeline::results::read_parquet(&out.join("metrics/data_stats.parquet")).unwrap();
+        ropelens::results::read_parquet(&out.join("metrics/data_stats.parquet")).unwrap();
     batches
         .iter()
         .flat_map(|b| {

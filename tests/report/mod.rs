@@ -420,7 +420,7 @@ fn expected_ppl_cell(m: &Model, length: i64) -> String {
 /// Writes `runs.parquet` as the runner does: a key per instance and each need's keys. With
 /// `share`, the ablation arm fine-tuned at `FT` is the NTK method's instance (equal keys).
 fn write_runs(dir: &Path, spec: &Spec, share: bool) {
-    use ropelens::pipeline::results::{InstanceInfo, RunRow, write_runs};
+    use ropelens::results::{InstanceInfo, RunRow, write_runs};
     let models = models(spec);
     let key = |m: &Model, kind: &str, seed: Option<i64>| -> String {
         let same = share && m.train_stage == "ablation" && m.ft == FT;
@@ -459,7 +459,7 @@ fn write_runs(dir: &Path, spec: &Spec, share: bool) {
                     RunRow {
                         key: key(m, kind, seed),
                         cached: false,
-                        status: "built".into(),
+                        status: ropelens::results::RunStatus::Built,
                         seconds: 1.0,
                         started_at: None,
                         finished_at: None,

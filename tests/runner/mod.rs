@@ -124,8 +124,8 @@ pub fn built(log: &str) -> Vec<String> {
 /// of the same pipeline must agree on, value for value (floats print in their shortest
 /// round-trip form, so equal text is equal bits).
 fn comparable(path: &Path) -> Vec<String> {
-    let (schema, batches) = ropelens::pipeline::results::read_parquet(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (schema, batches) =
+        ropelens::results::read_parquet(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let keep: Vec<usize> = schema
         .fields()
         .iter()

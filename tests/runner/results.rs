@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow::array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use ropelens::pipeline::results::read_parquet;
+use ropelens::results::read_parquet;
 
 use super::{HEAD, Project};
 
@@ -63,18 +63,14 @@ fn floats(b: &RecordBatch, col: &str) -> Vec<f64> {
 #[test]
 fn tables_are_gathered_with_stage_instance_and_matrix_columns() {
     let p = Project::new();
-    ropelens::pipeline::results::write_table(
+    ropelens::results::write_table(
         &p.path().join("fix/a"),
         "ppl",
         &ppl_batch(&[128, 256], &[30.5, 31.5]),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    ropelens::pipeline::results::write_table(
-        &p.path().join("fix/b"),
-        "ppl",
-        &ppl_batch(&[128], &[40.25]),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    ropelens::results::write_table(&p.path().join("fix/b"), "ppl", &ppl_batch(&[128], &[40.25]))
+        .unwrap_or_else(|e| panic!("{e}"));
     p.write(
         "p.toml",
         &format!(
@@ -208,12 +204,8 @@ fn results_dir_can_be_set_in_the_file() {
 fn forced_rebuild_regathers_tables() {
     let p = Project::new();
     let write = |v: f64| {
-        ropelens::pipeline::results::write_table(
-            &p.path().join("fix"),
-            "ppl",
-            &ppl_batch(&[128], &[v]),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
+        ropelens::results::write_table(&p.path().join("fix"), "ppl", &ppl_batch(&[128], &[v]))
+            .unwrap_or_else(|e| panic!("{e}"))
     };
     write(1.0);
     // The fixture is deliberately not an input: only --force picks up its change.

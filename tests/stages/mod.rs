@@ -40,7 +40,7 @@ fn data_stats_vocab(results: &Path) -> Vec<(String, i64)> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{DataType, Int64Type};
     let (schema, batches) =
-        ropelens::pipeline::results::read_parquet(&results.join("data_stats.parquet")).unwrap();
+        ropelens::results::read_parquet(&results.join("data_stats.parquet")).unwrap();
     let stats = arrow::compute::concat_batches(&schema, &batches).unwrap();
     let column = |name: &str, ty: &DataType| {
         arrow::compute::cast(stats.column_by_name(name).unwrap(), ty).unwrap()

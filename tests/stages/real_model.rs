@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use arrow::array::Array;
-use ropelens::pipeline::results::read_parquet;
+use ropelens::results::read_parquet;
 use ropelens::tables::{
     AttentionDivergenceRow, AttentionEntropyRow, NeedleRow, PplRow, ResultRow, TrainLogRow,
     read_results,

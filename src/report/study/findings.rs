@@ -876,6 +876,35 @@ fn trial_auroc(trials: &[&Trial], opts: &ReportOptions) -> Option<ClusterEstimat
     .ok()
 }
 
+/// The smallest two-sided p any test of the stratified AUROC can give on these trials, whatever
+/// their entropies: under the null the failures of a stratum (instance, seed, task, length) are
+/// any `fails` of its `n` trials, so the most extreme arrangement of all strata at once has
+/// probability `prod 1 / C(n, fails)` over the strata holding both outcomes; doubled for two
+/// sides. With two strata of one failure and one pass it is 0.5: a bootstrap over so few pairs
+/// gives an interval of [1, 1] and a tiny p that no design this small can earn.
+fn auroc_floor(trials: &[&Trial]) -> f64 {
+    let mut strata: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for t in trials {
+        let e = strata
+            .entry(hash_of((&t.id, t.seed, &t.task, t.length)))
+            .or_default();
+        e.0 += 1;
+        e.1 += u64::from(t.failed);
+    }
+    // ln C(n, k) summed over the informative strata.
+    let ln_arrangements: f64 = strata
+        .values()
+        .filter(|(n, f)| *f > 0 && f < n)
+        .map(|&(n, f)| {
+            let k = f.min(n - f);
+            (0..k)
+                .map(|i| ((n - i) as f64).ln() - ((i + 1) as f64).ln())
+                .sum::<f64>()
+        })
+        .sum();
+    (2.0 * (-ln_arrangements).exp()).min(1.0)
+}
+
 fn estimate_cells(e: Option<&ClusterEstimate>) -> [String; 2] {
     match e {
         Some(e) => [
@@ -930,7 +959,8 @@ pub fn finding2(study: &Study, opts: &ReportOptions) -> Finding {
                 n: all.len(),
                 p: e.p,
                 p_holm: f64::NAN,
-                min_p: 2.0 / (1.0 + e.resamples as f64),
+                // The coarser of the bootstrap's resolution and the design's floor.
+                min_p: (2.0 / (1.0 + e.resamples as f64)).max(auroc_floor(&refs)),
                 method: format!(
                     "bootstrap over {} needle cells, {} resamples",
                     e.clusters, e.resamples
@@ -1216,6 +1246,44 @@ pub fn finding3(study: &Study, opts: &ReportOptions) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trial(variant: &str, length: i64, failed: bool) -> Trial {
+        Trial {
+            id: ModelId {
+                group: Group::Method,
+                variant: variant.into(),
+            },
+            seed: None,
+            task: "passkey".into(),
+            length,
+            depth_bits: 0,
+            entropy: if failed { 3.0 } else { 2.0 },
+            failed,
+        }
+    }
+
+    #[test]
+    fn the_auroc_floor_counts_the_arrangements_of_failures_within_strata() {
+        // Two strata of one failure in two trials: 2 x 2 arrangements, two-sided 0.5.
+        let few = [
+            trial("ntk", 4096, true),
+            trial("ntk", 4096, false),
+            trial("yarn", 4096, true),
+            trial("yarn", 4096, false),
+            // All failed or all passed: no arrangement to test.
+            trial("pi", 4096, true),
+            trial("pi", 4096, true),
+            trial("plain", 12288, false),
+        ];
+        let refs: Vec<&Trial> = few.iter().collect();
+        assert!((auroc_floor(&refs) - 0.5).abs() < 1e-12);
+        // One stratum of 3 failures in 10 trials: C(10, 3) = 120, two-sided 1/60.
+        let many: Vec<Trial> = (0..10).map(|i| trial("yarn", 1024, i < 3)).collect();
+        let refs: Vec<&Trial> = many.iter().collect();
+        assert!((auroc_floor(&refs) - 2.0 / 120.0).abs() < 1e-12);
+        // Nothing to arrange: the floor is 1.
+        assert_eq!(auroc_floor(&refs[..3]), 1.0);
+    }
 
     fn ran(p: f64, min_p: f64, value: f64, sign: f64) -> SubTest {
         SubTest {
