@@ -325,3 +325,51 @@ fn non_finite_numbers_and_bad_names_are_refused_at_parse_time() {
     );
     assert!(e.contains("must be in [2, 4194304]"), "{e}");
 }
+
+/// `--executor slurm` with a cache on a local disk and a cluster whose nodes are other machines
+/// (stub `sbatch` and `sinfo` on PATH: no Slurm needed) is refused before anything is
+/// submitted, naming the cache and the nodes; `PIPE_SLURM_SHARED=1` vouches for the filesystem.
+#[test]
+fn slurm_refuses_a_cache_the_nodes_cannot_see() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"p\"\n[stages.a]\nkind = \"command\"\nargs = [\"true\"]\n",
+    );
+    let bin = p.path().join("fake-slurm");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (tool, body) in [
+        ("sbatch", "echo 'slurm 23.11.4'"),
+        ("sinfo", "printf 'node-a\\nnode-b\\n'"),
+        // Anything else must not be reached.
+        (
+            "squeue",
+            "echo called >> \"$(dirname \"$0\")/reached\"; exit 1",
+        ),
+    ] {
+        let path = bin.join(tool);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = p
+        .command(&["run", "p.toml", "--executor", "slurm"])
+        .env("PATH", &path)
+        .env_remove("PIPE_SLURM_SHARED")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("is not on a network filesystem and the cluster's nodes (node-a, node-b) are not this machine"),
+        "{err}"
+    );
+    assert!(err.contains(&p.cache().display().to_string()), "{err}");
+    assert!(!bin.join("reached").exists());
+    assert!(p.entries().is_empty());
+}

@@ -468,7 +468,7 @@ fn slurm_job_states_come_from_sacct_once_the_controller_forgot_the_job() {
     let got = |id: &str| {
         states
             .get(id)
-            .map(|s| (s.state.as_str(), s.exit_code.as_str()))
+            .map(|s| (s.state.name(), s.exit_code.as_str()))
     };
     assert_eq!(got(&ok), Some(("COMPLETED", "0:0")), "{states:?}");
     assert_eq!(got(&bad), Some(("FAILED", "3:0")), "{states:?}");

@@ -38,21 +38,97 @@ pub const PROGRESS_FILE: &str = "progress.jsonl";
 pub const RESULT_FILE: &str = "result.json";
 pub const SUBMITTED_FILE: &str = "submitted.json";
 
-/// States after which a job will not run again by itself.
-const ENDED: &[&str] = &[
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "PREEMPTED",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "BOOT_FAIL",
-    "DEADLINE",
-];
+/// A job's state, as squeue, scontrol and sacct name it (`CANCELLED by 0` is `Cancelled`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlurmState {
+    Pending,
+    Running,
+    Completing,
+    Completed,
+    Failed,
+    Cancelled,
+    Timeout,
+    Preempted,
+    NodeFail,
+    OutOfMemory,
+    BootFail,
+    Deadline,
+    /// Not found by any of Slurm's tools for several polls: gone without a trace.
+    Vanished,
+    /// Any other state (`SUSPENDED`, `REQUEUED`, ...): the job is still Slurm's.
+    Other(String),
+}
 
-/// Endings that are not the job's fault: submit it again.
-const RETRYABLE: &[&str] = &["TIMEOUT", "PREEMPTED", "NODE_FAIL"];
+impl SlurmState {
+    /// The state of a tool's state column (`CANCELLED by 0`, `COMPLETED+`).
+    pub fn parse(text: &str) -> SlurmState {
+        let word = text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('+');
+        match word {
+            "PENDING" => SlurmState::Pending,
+            "RUNNING" => SlurmState::Running,
+            "COMPLETING" => SlurmState::Completing,
+            "COMPLETED" => SlurmState::Completed,
+            "FAILED" => SlurmState::Failed,
+            "CANCELLED" => SlurmState::Cancelled,
+            "TIMEOUT" => SlurmState::Timeout,
+            "PREEMPTED" => SlurmState::Preempted,
+            "NODE_FAIL" => SlurmState::NodeFail,
+            "OUT_OF_MEMORY" => SlurmState::OutOfMemory,
+            "BOOT_FAIL" => SlurmState::BootFail,
+            "DEADLINE" => SlurmState::Deadline,
+            other => SlurmState::Other(other.to_string()),
+        }
+    }
+
+    /// Slurm's name for it.
+    pub fn name(&self) -> &str {
+        match self {
+            SlurmState::Pending => "PENDING",
+            SlurmState::Running => "RUNNING",
+            SlurmState::Completing => "COMPLETING",
+            SlurmState::Completed => "COMPLETED",
+            SlurmState::Failed => "FAILED",
+            SlurmState::Cancelled => "CANCELLED",
+            SlurmState::Timeout => "TIMEOUT",
+            SlurmState::Preempted => "PREEMPTED",
+            SlurmState::NodeFail => "NODE_FAIL",
+            SlurmState::OutOfMemory => "OUT_OF_MEMORY",
+            SlurmState::BootFail => "BOOT_FAIL",
+            SlurmState::Deadline => "DEADLINE",
+            SlurmState::Vanished => "VANISHED",
+            SlurmState::Other(s) => s,
+        }
+    }
+
+    /// Whether the job will not run again by itself.
+    pub fn ended(&self) -> bool {
+        !matches!(
+            self,
+            SlurmState::Pending
+                | SlurmState::Running
+                | SlurmState::Completing
+                | SlurmState::Other(_)
+        )
+    }
+
+    /// An ending that is not the job's fault: submit it again.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            SlurmState::Timeout | SlurmState::Preempted | SlurmState::NodeFail
+        )
+    }
+}
+
+impl std::fmt::Display for SlurmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The directory of a key's job files.
 pub fn job_dir(cache: &Cache, key: &str) -> PathBuf {
@@ -80,7 +156,7 @@ pub struct JobResult {
 struct Watched {
     key: String,
     job_id: String,
-    state: String,
+    state: SlurmState,
     attempt: u32,
     out_dir: PathBuf,
     started: DateTime<Utc>,
@@ -331,22 +407,25 @@ impl SlurmExecutor {
                 w.unseen += 1;
                 // Not found anywhere for a while: the job is gone without a trace.
                 if w.unseen >= 10 {
-                    ended.push((id, "UNKNOWN".to_string(), String::new()));
+                    ended.push((id, SlurmState::Vanished, String::new()));
                 }
                 continue;
             };
             w.unseen = 0;
             if found.state != w.state {
                 w.state = found.state.clone();
-                if !ENDED.contains(&found.state.as_str()) {
-                    w.progress
-                        .note(&format!("job {} {}", w.job_id, found.state.to_lowercase()));
+                if !found.state.ended() {
+                    w.progress.note(&format!(
+                        "job {} {}",
+                        w.job_id,
+                        found.state.name().to_lowercase()
+                    ));
                 }
             }
-            if !ENDED.contains(&found.state.as_str()) {
+            if !found.state.ended() {
                 continue;
             }
-            if RETRYABLE.contains(&found.state.as_str()) && w.attempt <= self.retries {
+            if found.state.retryable() && w.attempt <= self.retries {
                 resubmit.push(id);
             } else {
                 ended.push((id, found.state.clone(), found.exit_code.clone()));
@@ -386,7 +465,7 @@ impl SlurmExecutor {
                     ));
                     w.job_id = new_id;
                     w.attempt = attempt;
-                    w.state = "PENDING".into();
+                    w.state = SlurmState::Pending;
                     // The new attempt writes a new progress file from its start.
                     w.progress_offset = 0;
                 }
@@ -411,11 +490,11 @@ impl SlurmExecutor {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             let log = dir.join(format!("slurm-{}.out", w.job_id));
-            let outcome = match (&*state, &result) {
-                ("COMPLETED", Some(r)) if r.ok => Ok(()),
+            let outcome = match (&state, &result) {
+                (SlurmState::Completed, Some(r)) if r.ok => Ok(()),
                 _ => Err(Failure::Job {
                     id: w.job_id.clone(),
-                    state,
+                    state: state.name().to_string(),
                     exit_code,
                     detail: result
                         .and_then(|r| r.error)
@@ -446,19 +525,9 @@ fn log_tail(path: &Path, lines: usize) -> String {
 /// A job's state as one of Slurm's tools reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobState {
-    /// `COMPLETED`, `FAILED`, `TIMEOUT`, ...
-    pub state: String,
+    pub state: SlurmState,
     /// `exit:signal`; empty where the tool does not say.
     pub exit_code: String,
-}
-
-/// `CANCELLED by 0` -> `CANCELLED`.
-fn state_word(s: &str) -> String {
-    s.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches('+')
-        .to_string()
 }
 
 /// States of `ids`: one `squeue` for all, then `scontrol` for ended or unknown ones (it has the
@@ -475,7 +544,7 @@ pub fn job_states(ids: &[String]) -> BTreeMap<String, JobState> {
                 out.insert(
                     id.to_string(),
                     JobState {
-                        state: state_word(state),
+                        state: SlurmState::parse(state),
                         exit_code: String::new(),
                     },
                 );
@@ -484,10 +553,7 @@ pub fn job_states(ids: &[String]) -> BTreeMap<String, JobState> {
     }
     let need_detail: Vec<&String> = ids
         .iter()
-        .filter(|id| {
-            out.get(*id)
-                .is_none_or(|s| ENDED.contains(&s.state.as_str()))
-        })
+        .filter(|id| out.get(*id).is_none_or(|s| s.state.ended()))
         .collect();
     let mut forgotten = Vec::new();
     for id in need_detail {
@@ -502,7 +568,7 @@ pub fn job_states(ids: &[String]) -> BTreeMap<String, JobState> {
                 out.insert(
                     id.clone(),
                     JobState {
-                        state: state_word(&field("JobState=")),
+                        state: SlurmState::parse(&field("JobState=")),
                         exit_code: field("ExitCode="),
                     },
                 );
@@ -526,7 +592,7 @@ pub fn job_states(ids: &[String]) -> BTreeMap<String, JobState> {
                 out.insert(
                     id.to_string(),
                     JobState {
-                        state: state_word(state),
+                        state: SlurmState::parse(state),
                         exit_code: exit.to_string(),
                     },
                 );
@@ -542,7 +608,7 @@ fn live_submission(cache: &Cache, key: &str) -> Option<Submitted> {
     let s: Submitted = serde_json::from_slice(&bytes).ok()?;
     let states = job_states(std::slice::from_ref(&s.job_id));
     let state = states.get(&s.job_id)?;
-    (!ENDED.contains(&state.state.as_str())).then_some(s)
+    (!state.state.ended()).then_some(s)
 }
 
 /// The live Slurm jobs of `keys` (for `pipe status`): one batched squeue.
@@ -563,12 +629,12 @@ pub fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
         .into_iter()
         .filter_map(|(k, s)| {
             let st = states.get(&s.job_id)?;
-            (!ENDED.contains(&st.state.as_str())).then(|| {
+            (!st.state.ended()).then(|| {
                 (
                     k,
                     Handle {
                         job_id: s.job_id,
-                        state: st.state.clone(),
+                        state: st.state.name().to_string(),
                     },
                 )
             })
@@ -597,7 +663,7 @@ impl Executor for SlurmExecutor {
             Watched {
                 key: job.key.clone(),
                 job_id,
-                state: "PENDING".into(),
+                state: SlurmState::Pending,
                 attempt: 1,
                 out_dir: job.out_dir.clone(),
                 started: Utc::now(),
@@ -818,10 +884,38 @@ mod tests {
     }
 
     #[test]
-    fn states_are_normalised() {
-        assert_eq!(state_word("CANCELLED by 0"), "CANCELLED");
-        assert_eq!(state_word("CANCELLED+"), "CANCELLED");
-        assert_eq!(state_word("TIMEOUT"), "TIMEOUT");
+    fn states_are_parsed_and_classified() {
+        assert_eq!(SlurmState::parse("CANCELLED by 0"), SlurmState::Cancelled);
+        assert_eq!(SlurmState::parse("CANCELLED+"), SlurmState::Cancelled);
+        assert_eq!(SlurmState::parse("NODE_FAIL"), SlurmState::NodeFail);
+        assert_eq!(
+            SlurmState::parse("SUSPENDED"),
+            SlurmState::Other("SUSPENDED".into())
+        );
+        // Ended and retried: the three endings that are not the job's fault.
+        for s in ["TIMEOUT", "PREEMPTED", "NODE_FAIL"] {
+            let st = SlurmState::parse(s);
+            assert!(st.ended() && st.retryable(), "{s}");
+            assert_eq!(st.name(), s);
+        }
+        // Ended for good.
+        for s in [
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "OUT_OF_MEMORY",
+            "BOOT_FAIL",
+            "DEADLINE",
+        ] {
+            let st = SlurmState::parse(s);
+            assert!(st.ended() && !st.retryable(), "{s}");
+            assert_eq!(st.to_string(), s);
+        }
+        assert!(SlurmState::Vanished.ended() && !SlurmState::Vanished.retryable());
+        // Still Slurm's.
+        for s in ["PENDING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED"] {
+            assert!(!SlurmState::parse(s).ended(), "{s}");
+        }
     }
 
     #[test]
