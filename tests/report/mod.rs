@@ -875,7 +875,10 @@ fn missing_and_broken_tables_degrade_gracefully() {
     );
     let md = std::fs::read_to_string(&summary.report).unwrap();
     assert_eq!(md.matches("**Verdict: not testable.**").count(), 3, "{md}");
-    assert!(md.contains("Not shown: `ppl` is missing"), "{md}");
+    assert!(
+        md.contains("Not shown: `ppl` is missing (no ppl.parquet beside the report)"),
+        "{md}"
+    );
 
     // Errors: a results directory that does not exist, a bad option.
     let err = write_report(

@@ -462,7 +462,12 @@ impl Study {
             .and_then(|(_, s)| match s {
                 TableStatus::Loaded(k) if *k > 0 => None,
                 TableStatus::Loaded(_) => Some(format!("`{table}` has no rows")),
-                TableStatus::Missing(p) => Some(format!("`{table}` is missing ({})", p.display())),
+                // The file name only: inside a run the directory is the report stage's cache
+                // entry, which means nothing to a reader of the published report.
+                TableStatus::Missing(p) => Some(format!(
+                    "`{table}` is missing (no {} beside the report)",
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                )),
                 TableStatus::Unreadable(e) => Some(format!("`{table}` is unreadable: {e}")),
             })
     }
