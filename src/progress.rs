@@ -12,6 +12,12 @@ pub trait Progress: Send + Sync {
     fn advance(&self, steps: u64);
     /// A short status shown next to the bar, e.g. "loss 3.21 · 12.4k tok/s".
     fn message(&self, text: &str);
+    /// A line that must not be missed (a `WARNING:`): printed on its own, where a
+    /// [`message`](Progress::message) would be replaced by the next status. By default, a
+    /// status.
+    fn warn(&self, text: &str) {
+        self.message(text);
+    }
 }
 
 /// Progress that goes nowhere: for tests and library callers that do not want output.

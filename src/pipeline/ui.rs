@@ -215,6 +215,15 @@ impl Progress for InstanceProgress {
             Inner::Quiet => {}
         }
     }
+
+    fn warn(&self, text: &str) {
+        let line = format!("  {}: {text}", self.instance);
+        match self.inner.as_ref() {
+            // Above the bars, where it stays.
+            Inner::Bar(bar) => bar.println(line),
+            Inner::Log(_) | Inner::Quiet => eprintln!("{line}"),
+        }
+    }
 }
 
 impl InstanceProgress {

@@ -253,7 +253,7 @@ impl StageKind for Train {
         let model = build_model(params, ctx, &data, &train_device)?;
         let warnings = length_warnings(p.seq_len, model.config(), ctx);
         for w in &warnings {
-            ctx.progress.message(w);
+            ctx.progress.warn(w);
         }
 
         let mode = match p.sample {

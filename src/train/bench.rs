@@ -259,4 +259,8 @@ impl Progress for StepClock<'_> {
     fn message(&self, text: &str) {
         self.inner.message(text);
     }
+
+    fn warn(&self, text: &str) {
+        self.inner.warn(text);
+    }
 }

@@ -728,6 +728,7 @@ pub enum ProgressEvent {
     Start { phase: String, total: u64 },
     Advance { steps: u64 },
     Message { text: String },
+    Warn { text: String },
 }
 
 impl ProgressEvent {
@@ -736,6 +737,7 @@ impl ProgressEvent {
             ProgressEvent::Start { phase, total } => p.start(phase, *total),
             ProgressEvent::Advance { steps } => p.advance(*steps),
             ProgressEvent::Message { text } => p.message(text),
+            ProgressEvent::Warn { text } => p.warn(text),
         }
     }
 }
@@ -806,6 +808,18 @@ impl Progress for FileProgress {
         if s.3.elapsed() >= Duration::from_secs(1) {
             Self::flush(&mut s);
         }
+    }
+
+    fn warn(&self, text: &str) {
+        // At once and in order: a warning is never coalesced away like a status.
+        let mut s = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        Self::flush(&mut s);
+        Self::write(
+            &mut s.0,
+            &ProgressEvent::Warn {
+                text: text.to_string(),
+            },
+        );
     }
 }
 
@@ -927,6 +941,8 @@ mod tests {
             p.start("train", 10);
             p.advance(3);
             p.message("loss 1.0");
+            // Written at once, after what came before it, even within the second.
+            p.warn("WARNING: w");
         }
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let events: Vec<ProgressEvent> = text
@@ -943,6 +959,9 @@ mod tests {
                 ProgressEvent::Advance { steps: 3 },
                 ProgressEvent::Message {
                     text: "loss 1.0".into()
+                },
+                ProgressEvent::Warn {
+                    text: "WARNING: w".into()
                 },
             ]
         );
