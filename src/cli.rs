@@ -585,6 +585,8 @@ fn cache_command(command: CacheCommand) -> Result<()> {
             for (key, bytes, busy) in &partials {
                 let what = if *busy {
                     "being built"
+                } else if cache.uncommitted(key) {
+                    "finished, its commit interrupted (the next run commits it)"
                 } else {
                     "left by a failed or killed build (resumed or cleared by the next build; `cache gc` removes it when unreferenced)"
                 };
@@ -606,7 +608,13 @@ fn cache_command(command: CacheCommand) -> Result<()> {
             sets,
             dry_run,
         } => {
-            let keep = pipeline::referenced_keys(&files, &sets, &cache)?;
+            let referenced = pipeline::referenced_keys(&files, &sets, &cache)?;
+            // The build of a live Slurm job stays whoever submitted it: a job whose submitter
+            // died holds no lock here, and the next run re-attaches to it.
+            let partials: Vec<String> = cache.partials().into_iter().map(|(k, ..)| k).collect();
+            let partials: Vec<&str> = partials.iter().map(String::as_str).collect();
+            let mut keep = referenced.clone();
+            keep.extend(executors::slurm::live_jobs(&cache, &partials).into_keys());
             let removed = cache.gc(&keep, dry_run)?;
             let verb = if dry_run { "would remove" } else { "removed" };
             let mut total = 0;
@@ -618,7 +626,7 @@ fn cache_command(command: CacheCommand) -> Result<()> {
                 "{verb} {} entries, {}; kept {} referenced",
                 removed.len(),
                 human_bytes(total),
-                keep.len()
+                referenced.len()
             );
             Ok(())
         }

@@ -192,28 +192,57 @@ impl Cache {
             fs::remove_dir_all(&dir).map_err(|e| Error::io("cannot clear", &dir, e))?;
         }
         fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+        // A kept partial is built into again (forced, or re-attached): its key file no longer
+        // vouches for its outputs, and must not make a later run commit a half-rewritten build.
+        remove_if_present(&dir.join(KEY_FILE))?;
         Ok(dir)
+    }
+
+    /// Whether `<key>.partial/` is a finished build whose commit was interrupted: its key file
+    /// (written only once the stage succeeded, its temporaries and work lock gone) names `key`.
+    /// [`Cache::commit`] commits it as it is, without running the stage again.
+    pub fn uncommitted(&self, key: &str) -> bool {
+        fs::read(self.partial(key).join(KEY_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<KeyRecord>(&b).ok())
+            .is_some_and(|r| r.key == key)
     }
 
     /// Commit a finished build: write its key file and the instance's record, move it into place
     /// (replacing an existing entry when forced), then remove its `scratch` folders
     /// (checkpoints): they stay until the entry is in place, so a kill at any moment leaves
     /// something to resume from or a complete entry. Temporary files of writes a killed attempt
-    /// never finished, and the work lock, are removed first. Call with the key's lock held.
+    /// never finished, and the work lock, are removed first; a build directory whose work lock
+    /// a process still holds (one the stage started, which outlived it) is refused, since that
+    /// process may still be writing it. Call with the key's lock held.
     pub fn commit(&self, record: &KeyRecord, scratch: &[&str]) -> Result<PathBuf> {
         let partial = self.partial(&record.key);
-        remove_temporaries(&partial)?;
         let work_lock = partial.join(crate::stages::WORK_LOCK);
-        if work_lock.exists() {
-            fs::remove_file(&work_lock).map_err(|e| Error::io("cannot remove", &work_lock, e))?;
+        // A program another stage starts meanwhile holds every open descriptor, this lock's
+        // too, between its fork and its exec: that lets go within moments. A process the
+        // stage left running does not.
+        let deadline = std::time::Instant::now() + WORK_LOCK_GRACE;
+        while crate::stages::WorkLock::held(&partial) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        if crate::stages::WorkLock::held(&partial) {
+            return Err(Error::Usage(format!(
+                "not committing {}: a process the stage started is still running and holds its work lock {} (`fuser -v` on that file shows it); the build directory is kept, and the next run builds it once that process has ended",
+                partial.display(),
+                work_lock.display()
+            )));
+        }
+        remove_temporaries(&partial)?;
+        remove_if_present(&work_lock)?;
         if !scratch.is_empty() {
             // Left behind by a kill between the rename and the removal below: finished by
-            // `finish_commit` (gc, ls).
+            // `Cache::finish_commit` (run, gc, ls).
             let listed = serde_json::to_vec(scratch).unwrap_or_default();
             write_atomic(&partial.join(SCRATCH_FILE), &listed)?;
         }
         let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+        // From here on the build is finished ([`Cache::uncommitted`]): a kill leaves it to be
+        // committed by the next run as it is.
         write_atomic(&partial.join(KEY_FILE), &bytes)?;
         // The instance's record before the entry appears: a kill at any later moment leaves a
         // record that names the entry (or its build, committed by the next run), so `status`
@@ -236,9 +265,18 @@ impl Cache {
     }
 
     /// Finish the commit of entry `key` if a kill interrupted it (its scratch folders are still
-    /// there; see [`Cache::commit`]).
+    /// there; see [`Cache::commit`]), under the key's lock: when another process holds it (it
+    /// is committing or rebuilding the key), that process finishes it, and this does nothing.
     pub fn finish_commit(&self, key: &str) -> Result<()> {
-        finish_commit(&self.entry(key))
+        let entry = self.entry(key);
+        // Most entries have nothing to finish: no lock file is made for them.
+        if !entry.join(SCRATCH_FILE).is_file() {
+            return Ok(());
+        }
+        let Some(_lock) = self.try_lock(key)? else {
+            return Ok(());
+        };
+        finish_commit(&entry)
     }
 
     fn lock_path(&self, key: &str) -> PathBuf {
@@ -290,7 +328,7 @@ impl Cache {
             if !key_file.is_file() {
                 continue;
             }
-            finish_commit(&path)?;
+            self.finish_commit(&name)?;
             let record = fs::read(&key_file)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
@@ -306,8 +344,12 @@ impl Cache {
     }
 
     /// Remove entries (and partial builds) whose key is not in `keep`; returns what was (or, on a
-    /// dry run, would be) removed with its size. Entries whose lock is held and entries a
-    /// running `pipe run` uses (its [`Lease`]) are left alone.
+    /// dry run, would be) removed with its size. Entries whose lock is held, entries a running
+    /// `pipe run` uses (its [`Lease`]) and partial builds a process still writes (their
+    /// [`WorkLock`](crate::stages::WorkLock) is held: an orphan of a killed run) are left alone;
+    /// so are the builds of live Slurm jobs, which the caller puts in `keep` (their submitter
+    /// may have died, and a job holds no lock here). Kept entries whose commit a kill
+    /// interrupted are finished.
     pub fn gc(&self, keep: &BTreeSet<String>, dry_run: bool) -> Result<Vec<(PathBuf, u64)>> {
         let mut keep = keep.clone();
         keep.extend(self.leased());
@@ -327,10 +369,17 @@ impl Cache {
             let is_entry = path.join(KEY_FILE).is_file()
                 || name.contains(".partial")
                 || name.contains(".old-");
-            if !is_entry || keep.contains(&key) || key.len() != 32 {
+            if !is_entry || key.len() != 32 {
                 continue;
             }
-            if self.is_locked(&key) {
+            if keep.contains(&key) {
+                if !dry_run && name == key {
+                    self.finish_commit(&key)?;
+                }
+                continue;
+            }
+            let writing = name.ends_with(".partial") && crate::stages::WorkLock::held(&path);
+            if writing || self.is_locked(&key) {
                 continue;
             }
             let size = dir_size(&path);
@@ -345,10 +394,14 @@ impl Cache {
     }
 }
 
+/// How long [`Cache::commit`] waits for a build directory's work lock to be let go.
+const WORK_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// File name, inside a committing entry, of the list of its scratch folders still to remove.
 const SCRATCH_FILE: &str = ".pipe-scratch.json";
 
-/// Remove the scratch folders an entry's commit listed, then the list.
+/// Remove the scratch folders an entry's commit listed, then the list. What is already gone
+/// (removed by the process that finished this commit first) counts as done.
 fn finish_commit(entry: &Path) -> Result<()> {
     let list = entry.join(SCRATCH_FILE);
     let Ok(bytes) = fs::read(&list) else {
@@ -358,12 +411,26 @@ fn finish_commit(entry: &Path) -> Result<()> {
     for f in folders {
         let dir = entry.join(&f);
         // Only plain relative names: the list is ours, but never follow it out of the entry.
-        if f.contains(['/', '\\']) || f.starts_with('.') || !dir.exists() {
+        if f.contains(['/', '\\']) || f.starts_with('.') {
             continue;
         }
-        fs::remove_dir_all(&dir).map_err(|e| Error::io("cannot remove", &dir, e))?;
+        if let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io("cannot remove", &dir, e));
+        }
     }
-    fs::remove_file(&list).map_err(|e| Error::io("cannot remove", &list, e))
+    remove_if_present(&list)
+}
+
+/// Remove file `path`; one that is not there is not an error.
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io("cannot remove", path, e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether `name` is a temporary file of an atomic write (`tempfile`'s `.tmpXXXXXX`).
@@ -401,4 +468,32 @@ pub fn dir_size(path: &Path) -> u64 {
             _ => e.metadata().map_or(0, |m| m.len()),
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_commit_is_finished_only_under_the_keys_lock() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cache = Cache {
+            root: dir.path().to_path_buf(),
+        };
+        let key = "0".repeat(32);
+        let entry = cache.entry(&key);
+        fs::create_dir_all(entry.join("checkpoints")).unwrap_or_else(|e| panic!("{e}"));
+        // `gone`: removed meanwhile by whoever finished first; not an error.
+        fs::write(entry.join(SCRATCH_FILE), br#"["checkpoints","gone"]"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Another process commits (or rebuilds) the key: it finishes the commit itself.
+        let held = cache.try_lock(&key).ok().flatten();
+        assert!(held.is_some());
+        cache.finish_commit(&key).unwrap_or_else(|e| panic!("{e}"));
+        assert!(entry.join("checkpoints").is_dir() && entry.join(SCRATCH_FILE).is_file());
+        drop(held);
+        cache.finish_commit(&key).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!entry.join("checkpoints").exists() && !entry.join(SCRATCH_FILE).exists());
+        cache.finish_commit(&key).unwrap_or_else(|e| panic!("{e}"));
+    }
 }

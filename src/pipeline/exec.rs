@@ -47,7 +47,8 @@ pub enum RunReason {
     /// Built before with this very key, but the entry is gone.
     EntryRemoved,
     /// Its build finished, but the run was stopped (killed) before the entry was committed:
-    /// the record is written first, the build directory is still there.
+    /// `<key>.partial/` holds its key file ([`Cache::uncommitted`]). The next run commits it
+    /// as it is, without running the stage.
     Uncommitted,
 }
 
@@ -282,23 +283,25 @@ pub fn plan(pipeline: Pipeline, graph: Graph, cache: &Cache, sel: &Selection) ->
                 needed[u] = true;
             }
         }
+        // Planning changes no entry (`status`, `--dry-run` and `cache gc` plan too): `run`
+        // finishes an interrupted commit of a cached entry, under the key's lock.
         if cached {
             status[i] = Status::Cached;
-            // A run killed right after renaming the entry into place left its scratch folders
-            // (checkpoints): finish that commit now.
-            cache.finish_commit(&records[i].key)?;
         } else if builds {
+            let key = &records[i].key;
             status[i] = if forced[i] {
                 Status::Run(RunReason::Forced)
             } else {
+                // A finished build killed after its key file: before its record (`None`), or
+                // after it, before the rename.
+                let uncommitted = cache.uncommitted(key);
                 match cache.last_record(&pipeline.header.name, &graph.instances[i].name) {
-                    Some(old) if old.key == records[i].key => {
-                        Status::Run(if cache.partial(&old.key).is_dir() {
-                            RunReason::Uncommitted
-                        } else {
-                            RunReason::EntryRemoved
-                        })
-                    }
+                    Some(old) if old.key == *key => Status::Run(if uncommitted {
+                        RunReason::Uncommitted
+                    } else {
+                        RunReason::EntryRemoved
+                    }),
+                    None if uncommitted => Status::Run(RunReason::Uncommitted),
                     Some(old) => {
                         let reasons = compare(&old, &records[i]);
                         if reasons.is_empty() {
@@ -352,7 +355,8 @@ impl std::fmt::Display for Skip {
 /// What happened to one instance.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// In the cache before the run, or built meanwhile by another run.
+    /// In the cache before the run, or built by another run: meanwhile, or an earlier one that
+    /// was stopped before committing it ([`Prepared::Committed`]).
     Cached,
     Built,
     Failed(Failure),
@@ -410,6 +414,9 @@ pub enum Prepared {
     Orphaned,
     /// Another run built it since the plan was made.
     Cached,
+    /// An earlier, stopped run finished building it but not committing it
+    /// ([`RunReason::Uncommitted`]): it is committed now, without running the stage.
+    Committed,
     /// This run builds it.
     Build(Box<Claim>),
 }
@@ -494,14 +501,18 @@ pub fn prepare(
     if !keep_partial && WorkLock::held(&cache.partial(&record.key)) {
         return Ok(Prepared::Orphaned);
     }
-    let out_dir = cache
-        .begin(&record.key, plan.resumable[i] || keep_partial)
-        .map_err(cache_err)?;
     let inst = &plan.graph.instances[i];
     let scratch = plan.pipeline.stages[inst.stage]
         .kind
         .scratch(&inst.params)
         .map_err(|e| Failure::Stage(format!("{e:#}")))?;
+    if !forced && !keep_partial && cache.uncommitted(&record.key) {
+        cache.commit(record, &scratch).map_err(cache_err)?;
+        return Ok(Prepared::Committed);
+    }
+    let out_dir = cache
+        .begin(&record.key, plan.resumable[i] || keep_partial)
+        .map_err(cache_err)?;
     Ok(Prepared::Build(Box::new(Claim {
         job: plan.job(i, cache, out_dir),
         record: record.clone(),
@@ -563,7 +574,10 @@ pub fn execute(
         crate::signals::catch_interrupt();
     }
     let mut waiting: BTreeSet<usize> = to_build.iter().copied().collect();
+    // Instances waiting for another run's key lock, and for an orphan's work lock (each said
+    // once).
     let mut busy_noted: BTreeSet<usize> = BTreeSet::new();
+    let mut orphan_noted: BTreeSet<usize> = BTreeSet::new();
     let mut running: BTreeMap<usize, (Claim, InstanceProgress)> = BTreeMap::new();
     let mut stop = false;
     loop {
@@ -635,9 +649,12 @@ pub fn execute(
                         }
                     }
                     Ok(Prepared::Orphaned) => {
-                        if busy_noted.insert(i) {
+                        if orphan_noted.insert(i) {
+                            let dir = cache.partial(plan.key(i));
                             ui.println(&format!(
-                                "  {name}: waiting for a process of an earlier, killed run that still writes its build directory"
+                                "  {name}: waiting for a process of an earlier, killed run that still writes its build directory {} (it holds {}; `fuser -v` on that file shows it)",
+                                dir.display(),
+                                dir.join(crate::stages::WORK_LOCK).display()
                             ));
                         }
                     }
@@ -646,6 +663,17 @@ pub fn execute(
                         waiting.remove(&i);
                         reports[i].outcome = Outcome::Cached;
                         ui.finish(None, &format!("cached {name} (built by another run)"));
+                    }
+                    Ok(Prepared::Committed) => {
+                        settled = true;
+                        waiting.remove(&i);
+                        reports[i].outcome = Outcome::Cached;
+                        ui.finish(
+                            None,
+                            &format!(
+                                "committed {name} (built by an earlier run, stopped before committing it)"
+                            ),
+                        );
                     }
                     Ok(Prepared::Build(claim)) => {
                         waiting.remove(&i);
@@ -675,7 +703,10 @@ pub fn execute(
                 }
             }
         }
-        let lock_waits = !stop && waiting.iter().any(|i| busy_noted.contains(i));
+        let lock_waits = !stop
+            && waiting
+                .iter()
+                .any(|i| busy_noted.contains(i) || orphan_noted.contains(i));
         if running.is_empty() && !lock_waits && !settled {
             break;
         }

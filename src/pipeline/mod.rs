@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::results::{self, InstanceInfo, RunRow};
 use cache::Cache;
-use exec::{ExecOptions, Outcome, Plan, Report, Selection};
+use exec::{ExecOptions, Outcome, Plan, Report, Selection, Status};
 
 /// Load, check and expand a pipeline file.
 pub fn load(file: &Path, sets: &[String]) -> Result<(spec::Pipeline, graph::Graph)> {
@@ -101,6 +101,13 @@ pub fn run(
         .map(|i| plan.key(i))
         .collect();
     let lease = cache.lease(&keys)?;
+    // A run killed right after renaming an entry into place left its scratch folders
+    // (checkpoints) in it: finish those commits before the entries are used.
+    let cached =
+        (0..plan.records.len()).filter(|&i| plan.included[i] && plan.status[i] == Status::Cached);
+    for i in cached {
+        cache.finish_commit(plan.key(i))?;
+    }
     let reports = exec::execute(plan, cache, opts, executor);
     drop(lease);
     let finished = Utc::now();

@@ -57,33 +57,40 @@ fn local_program(args: &[String]) -> Option<&Path> {
 /// only in `PIPE_NEED_<NAME>_FILE`. Linux refuses any one environment string over 128 KiB.
 pub const NEED_ENV_MAX: usize = 64 * 1024;
 
-/// A need's directories, one per line, in a temporary file that lives as long as this value.
+/// A need's directories, one per line, in `logs/pipe_need_<name>.txt` of the build directory,
+/// removed when this value is dropped (the program has ended). Not in /tmp: a kill -9 of `pipe`
+/// would leave it there for good, while in the build directory the next attempt rewrites it or
+/// the directory is cleared.
 struct NeedList {
-    file: tempfile::NamedTempFile,
+    path: PathBuf,
     /// The length of the `:`-joined form, in bytes.
     joined_len: usize,
 }
 
 impl NeedList {
-    fn write<'a>(dirs: impl Iterator<Item = &'a Path>) -> std::io::Result<NeedList> {
-        use std::io::Write;
+    fn write<'a>(
+        logs: &Path,
+        name: &str,
+        dirs: impl Iterator<Item = &'a Path>,
+    ) -> std::io::Result<NeedList> {
         let dirs: Vec<String> = dirs.map(|d| d.to_string_lossy().to_string()).collect();
-        let mut file = tempfile::Builder::new()
-            .prefix("pipe-need-")
-            .suffix(".txt")
-            .tempfile()?;
-        for d in &dirs {
-            writeln!(file, "{d}")?;
-        }
-        file.flush()?;
+        let path = logs.join(format!("{}.txt", need_env_name(name).to_ascii_lowercase()));
+        let text: String = dirs.iter().map(|d| format!("{d}\n")).collect();
+        std::fs::write(&path, text)?;
         Ok(NeedList {
-            file,
+            path,
             joined_len: dirs
                 .iter()
                 .map(|d| d.len() + 1)
                 .sum::<usize>()
                 .saturating_sub(1),
         })
+    }
+}
+
+impl Drop for NeedList {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -163,14 +170,19 @@ impl StageKind for Command {
         };
         let mut cmd = Process::new(&program);
         cmd.args(&params.args[1..]).current_dir(ctx.out_dir);
+        // Before anything is written into the build directory: a process of an earlier attempt
+        // may still be at work in it.
+        let work_lock = super::WorkLock::hold(ctx.out_dir)?;
+        let logs = ctx.out_dir.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         // Each need's directories, one per line, in a file (kept until the program ends), and
         // `:`-separated in the environment where that fits: one environment string holds at
         // most 128 KiB, and a gather of thousands of instances would not start at all.
         let mut need_files = Vec::new();
         for (name, ups) in ctx.needs {
-            let list = NeedList::write(ups.iter().map(|u| u.dir.as_path()))
+            let list = NeedList::write(&logs, name, ups.iter().map(|u| u.dir.as_path()))
                 .with_context(|| format!("need `{name}`: writing its list of directories"))?;
-            cmd.env(format!("{}_FILE", need_env_name(name)), list.file.path());
+            cmd.env(format!("{}_FILE", need_env_name(name)), &list.path);
             if list.joined_len <= NEED_ENV_MAX {
                 let dirs = std::env::join_paths(ups.iter().map(|u| &u.dir))
                     .with_context(|| format!("need `{name}`: a directory name contains `:`"))?;
@@ -186,7 +198,6 @@ impl StageKind for Command {
             }
             need_files.push(list);
         }
-        let work_lock = super::WorkLock::hold(ctx.out_dir)?;
         cmd.env("PIPE_PARAMS", serde_json::to_string(params)?)
             .env("PIPE_SEED", ctx.seed.to_string())
             .env("PIPE_DEVICE", ctx.device)
@@ -195,8 +206,6 @@ impl StageKind for Command {
             .env("PIPE_OUT", ctx.out_dir)
             .env("PIPE_PIPELINE_DIR", ctx.pipeline_dir)
             .envs(&params.env);
-        let logs = ctx.out_dir.join("logs");
-        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let stdout = std::fs::File::create(logs.join("stdout.txt"))?;
         // Its own process group (the whole group is killed if `run` leaves early), and killed
         // when the thread that started it dies, even by kill -9 of `pipe`: an orphan would go

@@ -1,5 +1,7 @@
 //! The cache key, one field at a time (just's tests/cache.rs): what rebuilds and what does not.
 
+use std::os::unix::process::ExitStatusExt;
+
 use super::{HEAD, Project};
 
 /// `a` -> `b`, and an independent `c`; `a` reads `data.txt`.
@@ -282,4 +284,117 @@ fn commit_drops_temporaries_and_keeps_scratch_until_the_entry_is_in_place() {
     assert!(entry.join("out.txt").is_file());
     assert!(!entry.join(".tmpAbC123").exists());
     assert!(!entry.join("sub/.tmpXyZ789").exists());
+}
+
+#[test]
+fn only_a_finished_build_is_committed_without_running_again() {
+    // A resumable stage that counts its runs and fails while `fail` exists.
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        &format!(
+            "{HEAD}[stages.a]\nkind = \"command\"\nresumable = true\nargs = [\"sh\", \"-c\", \"echo run >> $PIPE_PIPELINE_DIR/count; test ! -f $PIPE_PIPELINE_DIR/fail && echo ok > out.txt\"]\n"
+        ),
+    );
+    let runs = || {
+        std::fs::read_to_string(p.path().join("count"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let status = || p.ok(&["status", "p.toml"]);
+    let killed_before_the_rename = |args: &[&str]| {
+        let mut all = vec!["run", "p.toml"];
+        all.extend_from_slice(args);
+        let out = p
+            .command(&all)
+            .env("PIPE_FAILPOINT", "entry-rename:1")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{}",
+            super::output_text(&out)
+        );
+    };
+    p.run("p.toml", &[]);
+    // Its entry removed and a rebuild failed: the build directory it left is no finished
+    // build (before, any partial of the recorded key was called `uncommitted`).
+    for k in p.entries() {
+        std::fs::remove_dir_all(p.cache().join(k)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    p.write("fail", "");
+    p.fail(&["run", "p.toml"]);
+    assert_eq!(runs(), 2);
+    let s = status();
+    assert!(s.contains("(missing: its cache entry was removed)"), "{s}");
+
+    // Finished and killed before the rename: committed as it is by the next run (before,
+    // the stage ran again).
+    std::fs::remove_file(p.path().join("fail")).unwrap_or_else(|e| panic!("{e}"));
+    killed_before_the_rename(&[]);
+    assert_eq!(runs(), 3);
+    let s = status();
+    assert!(
+        s.contains("(uncommitted: a run was stopped while committing it)"),
+        "{s}"
+    );
+    let ls = p.ok(&["cache", "ls"]);
+    assert!(ls.contains("finished, its commit interrupted"), "{ls}");
+    let text = p.ok(&["run", "p.toml"]);
+    assert!(
+        text.contains("committed a (built by an earlier run, stopped before committing it)"),
+        "{text}"
+    );
+    assert_eq!(runs(), 3, "the stage ran again:\n{text}");
+    let s = status();
+    assert!(s.contains("1 cached, 0 to run, 0 stale"), "{s}");
+
+    // A forced rebuild into a finished build directory that fails: what it leaves is no
+    // finished build any more, and the next run builds it instead of committing it.
+    for k in p.entries() {
+        std::fs::remove_dir_all(p.cache().join(k)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    killed_before_the_rename(&[]);
+    p.write("fail", "");
+    p.fail(&["run", "p.toml", "--force"]);
+    assert_eq!(runs(), 5);
+    let s = status();
+    assert!(s.contains("(missing: its cache entry was removed)"), "{s}");
+    std::fs::remove_file(p.path().join("fail")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.run("p.toml", &[]), ["a"]);
+    assert_eq!(runs(), 6);
+    let entry = p.cache().join(&p.entries()[0]);
+    assert_eq!(
+        std::fs::read_to_string(entry.join("out.txt")).unwrap_or_default(),
+        "ok\n"
+    );
+}
+
+#[test]
+fn gc_keeps_a_partial_build_a_process_still_writes() {
+    // Two build directories no pipeline references: one whose work lock a process holds (an
+    // orphan of a killed run, still writing it), one whose lock nobody holds.
+    let p = project("{ x = 1 }");
+    let writing = p.cache().join(format!("{}.partial", "a".repeat(32)));
+    let dead = p.cache().join(format!("{}.partial", "b".repeat(32)));
+    for d in [&writing, &dead] {
+        std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(d.join("out.txt"), "half").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(d.join(".pipe-work.lock"), "").unwrap_or_else(|e| panic!("{e}"));
+    }
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(writing.join(".pipe-work.lock"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    lock.lock().unwrap_or_else(|e| panic!("{e}"));
+    let gc = p.ok(&["cache", "gc", "p.toml"]);
+    assert!(writing.is_dir(), "removed while a process writes it:\n{gc}");
+    assert!(!dead.exists(), "{gc}");
+    assert!(gc.contains("removed 1 entries"), "{gc}");
+    assert_eq!(p.entries().len(), 3);
+    drop(lock);
+    let gc = p.ok(&["cache", "gc", "p.toml"]);
+    assert!(!writing.exists(), "{gc}");
 }

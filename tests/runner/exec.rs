@@ -97,13 +97,7 @@ fn failure_is_summarised_and_keep_going_runs_independent_branches() {
     assert_eq!(super::built(&err), ["good"]);
     // The failed build is kept for inspection, never as an entry.
     assert_eq!(p.entries().len(), 1);
-    assert!(
-        std::fs::read_dir(p.cache())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-    );
+    assert!(!p.partials().is_empty());
 }
 
 #[test]
@@ -318,6 +312,23 @@ fn a_rerun_waits_for_an_orphan_still_writing_the_build_directory() {
         text.contains("waiting for a process of an earlier, killed run"),
         "{text}"
     );
+    // The message names the build directory and the lock file the orphan holds.
+    let partial = std::fs::read_dir(p.cache())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            (name.len() == 32 && name.chars().all(|c| c.is_ascii_hexdigit()))
+                .then(|| p.cache().join(format!("{name}.partial")))
+        })
+        .unwrap_or_else(|| panic!("no entry"));
+    let lock = partial.join(".pipe-work.lock");
+    assert!(
+        text.contains(&format!("build directory {}", partial.display()))
+            && text.contains(&format!("it holds {}", lock.display())),
+        "{text}"
+    );
     let times = |word: &str| -> Vec<u128> {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -333,6 +344,39 @@ fn a_rerun_waits_for_an_orphan_still_writing_the_build_directory() {
         starts[1]
     );
     assert_eq!(p.entries().len(), 1);
+}
+
+#[test]
+fn a_build_is_not_committed_while_a_process_it_started_holds_its_work_lock() {
+    // The first time, the script leaves a process in a session of its own (out of reach of the
+    // group kill when the script ends) that inherits the work lock and may still write the
+    // directory: the build is refused, not committed beside it (before, the commit removed
+    // the lock file and committed). The next run waits for that process, then builds.
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        &format!(
+            "{HEAD}[stages.a]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"if [ ! -f $PIPE_PIPELINE_DIR/once ]; then touch $PIPE_PIPELINE_DIR/once; setsid sh -c 'sleep 8; echo late > late.txt' >/dev/null 2>&1 & fi; echo ok > out.txt\"]\n"
+        ),
+    );
+    let err = p.fail(&["run", "p.toml"]);
+    let partial = p
+        .partials()
+        .pop()
+        .unwrap_or_else(|| panic!("no build directory kept:\n{err}"));
+    assert!(
+        err.contains(&format!("not committing {}", partial.display()))
+            && err.contains(&format!(
+                "holds its work lock {}",
+                partial.join(".pipe-work.lock").display()
+            )),
+        "{err}"
+    );
+    assert!(p.entries().is_empty(), "committed beside a running process");
+    assert_eq!(p.run("p.toml", &[]), ["a"]);
+    let entry = p.cache().join(&p.entries()[0]);
+    assert!(entry.join("out.txt").is_file());
+    assert!(!entry.join("late.txt").exists() && !entry.join(".pipe-work.lock").exists());
 }
 
 /// The permission bits of `path`.
@@ -394,7 +438,7 @@ fn a_gather_too_large_for_the_environment_passes_through_a_file() {
     p.write(
         "p.toml",
         &format!(
-            "{HEAD}[stages.many]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo $PIPE_PARAMS > out.txt\"]\nmatrix.vars = [{}]\n\n[stages.all]\nkind = \"command\"\nneeds = {{ all = \"many[*]\" }}\nargs = [\"sh\", \"-c\", \"wc -l < $PIPE_NEED_ALL_FILE > n.txt; echo ${{PIPE_NEED_ALL:-unset}} > env.txt; while read d; do cat $d/out.txt; done < $PIPE_NEED_ALL_FILE | sort -u | wc -l > distinct.txt\"]\n",
+            "{HEAD}[stages.many]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"echo $PIPE_PARAMS > out.txt\"]\nmatrix.vars = [{}]\n\n[stages.all]\nkind = \"command\"\nneeds = {{ all = \"many[*]\" }}\nargs = [\"sh\", \"-c\", \"echo $PIPE_NEED_ALL_FILE > where.txt; wc -l < $PIPE_NEED_ALL_FILE > n.txt; echo ${{PIPE_NEED_ALL:-unset}} > env.txt; while read d; do cat $d/out.txt; done < $PIPE_NEED_ALL_FILE | sort -u | wc -l > distinct.txt\"]\n",
             values
                 .iter()
                 .map(|v| format!("{{ i = {v} }}"))
@@ -412,9 +456,20 @@ fn a_gather_too_large_for_the_environment_passes_through_a_file() {
     let all = std::fs::read_to_string(cache.join("instances/t/all.json"))
         .unwrap_or_else(|e| panic!("{e}"));
     let key: serde_json::Value = serde_json::from_str(&all).unwrap_or_else(|e| panic!("{e}"));
-    let entry = cache.join(key["key"].as_str().unwrap_or_default());
+    let key = key["key"].as_str().unwrap_or_default();
+    let entry = cache.join(key);
     let read = |f: &str| std::fs::read_to_string(entry.join(f)).unwrap_or_default();
     assert_eq!(read("n.txt").trim(), "100");
     assert_eq!(read("distinct.txt").trim(), "100");
     assert_eq!(read("env.txt").trim(), "unset");
+    // The list was in the build directory's logs/ (not in /tmp, where a kill -9 of `pipe`
+    // would leave it for good), and is gone once the program has ended.
+    let list = cache
+        .join(format!("{key}.partial"))
+        .join("logs/pipe_need_all.txt");
+    assert_eq!(read("where.txt").trim(), list.to_string_lossy());
+    assert!(
+        !entry.join("logs/pipe_need_all.txt").exists(),
+        "the need list was committed"
+    );
 }

@@ -189,19 +189,13 @@ fn assert_entries_clean(p: &Project, when: &str) {
 /// Run to the end after a kill; checks what every re-run must give. Returns the log.
 fn resume(p: &Project, point: &str) -> String {
     // Between the rename and the removal of the scratch folders the entry still holds them:
-    // that is what the next plan finishes.
+    // that is what the next run finishes.
     if !point.starts_with("entry-scratch") {
         assert_entries_clean(p, &format!("after the kill at {point}"));
     }
     let text = p.ok(&["run", "p.toml", "-j1"]);
     assert_entries_clean(p, &format!("after the re-run of {point}"));
-    let partials: Vec<String> = std::fs::read_dir(p.cache())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".partial"))
-        .collect();
+    let partials = p.partials();
     assert!(partials.is_empty(), "{point}: partials left: {partials:?}");
     let got = outcome(p);
     let want = reference();
@@ -261,12 +255,9 @@ fn a_kill_during_training_resumes_from_the_newest_checkpoint_with_identical_logs
 fn a_kill_during_the_needle_grid_resumes_from_its_trial_log_with_identical_rows() {
     let p = project();
     killed_at(&p, "needle-trial:3");
-    let partial = std::fs::read_dir(p.cache())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .find(|d| d.to_string_lossy().ends_with(".partial"))
+    let partial = p
+        .partials()
+        .pop()
         .unwrap_or_else(|| panic!("no partial needle build"));
     let log = std::fs::read_to_string(partial.join("needle_trials.jsonl")).unwrap_or_default();
     assert_eq!(log.lines().count(), 3, "{log}");
@@ -277,17 +268,35 @@ fn a_kill_during_the_needle_grid_resumes_from_its_trial_log_with_identical_rows(
 #[test]
 fn a_kill_around_the_entry_rename_loses_nothing_and_leaves_nothing() {
     // Entries commit in order data, base, needle: the 2nd of each point is the base's.
+    // Before the rename: the base's build had finished, and the re-run commits it as it is
+    // (before, it trained again from its final checkpoint).
     let p = project();
     killed_at(&p, "entry-rename:2");
     assert_eq!(p.entries().len(), 1, "only data is committed");
-    resume(&p, "entry-rename:2");
-    assert_eq!(resumed_from(&p), Some(6), "the final checkpoint was kept");
+    let text = resume(&p, "entry-rename:2");
+    assert_eq!(super::built(&text), ["needle"], "{text}");
+    assert!(
+        text.contains("committed base (built by an earlier run, stopped before committing it)"),
+        "{text}"
+    );
+    assert_eq!(
+        resumed_from(&p),
+        None,
+        "the finished build was not run again"
+    );
 
-    // In place, its checkpoints not yet removed: the next plan finishes the commit.
+    // In place, its checkpoints not yet removed: `status` leaves them (planning changes no
+    // entry), the next run finishes the commit.
     let p = project();
     killed_at(&p, "entry-scratch:2");
     let base = p.cache().join(entry_of(&p, "base"));
     assert!(base.join("checkpoints").is_dir());
+    p.ok(&["status", "p.toml"]);
+    p.ok(&["run", "p.toml", "--dry-run"]);
+    assert!(
+        base.join("checkpoints").is_dir() && base.join(".pipe-scratch.json").is_file(),
+        "status changed the cache"
+    );
     let text = resume(&p, "entry-scratch:2");
     assert_eq!(super::built(&text), ["needle"], "{text}");
 }
@@ -303,12 +312,19 @@ fn status_line(status: &str, name: &str) -> String {
 
 #[test]
 fn the_instance_record_is_part_of_the_commit() {
-    // Killed before the record: nothing of the base is committed, and the re-run commits it.
+    // Killed before the record: nothing of the base is committed, `status` says its finished
+    // build awaits its commit (not `new`), and the re-run commits it without training again.
     let p = project();
     killed_at(&p, "instance-record:2");
     assert!(!p.cache().join("instances/faults/base.json").exists());
     assert_eq!(p.entries().len(), 1, "only data is committed");
-    resume(&p, "instance-record:2");
+    let line = status_line(&p.ok(&["status", "p.toml"]), "base");
+    assert!(
+        line.contains("(uncommitted: a run was stopped while committing it)"),
+        "{line}"
+    );
+    let text = resume(&p, "instance-record:2");
+    assert_eq!(super::built(&text), ["needle"], "{text}");
 
     // Killed at any later moment of the commit, the record names the base's entry: with a
     // changed parameter `status` says what changed (never `new`), and without one it says
@@ -372,16 +388,7 @@ fn a_model_keeps_its_tokenizer_when_the_data_entry_loses_it_during_training() {
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     let t0 = std::time::Instant::now();
-    let training = || {
-        std::fs::read_dir(p.cache())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                e.file_name().to_string_lossy().ends_with(".partial")
-                    && e.path().join("checkpoints").is_dir()
-            })
-    };
+    let training = || p.partials().iter().any(|d| d.join("checkpoints").is_dir());
     while !training() {
         assert!(t0.elapsed().as_secs() < 60, "training never started");
         std::thread::sleep(std::time::Duration::from_millis(20));

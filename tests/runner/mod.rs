@@ -85,6 +85,19 @@ impl Project {
         built(&self.ok(&all))
     }
 
+    /// Build directories (`<key>.partial`) in the cache, sorted.
+    pub fn partials(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.cache())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|d| d.to_string_lossy().ends_with(".partial"))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Complete cache entries (32-hex directories).
     pub fn entries(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.cache())

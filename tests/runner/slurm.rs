@@ -264,6 +264,74 @@ fn slurm_rerun_reattaches_to_a_job_whose_submitter_died() {
     assert_eq!(ok.ok().as_deref(), Some("ok\n"));
 }
 
+/// A Slurm job id, cancelled when dropped (also when the test fails first).
+struct Cancelled(String);
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        let _ = Command::new("scancel").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn slurm_gc_keeps_the_build_of_a_live_job_whose_submitter_died() {
+    let _cluster = shared_cluster();
+    // A job held pending (`--begin`), whose submitter dies: nothing on this machine holds a
+    // lock for its build directory, only `jobs/<key>/submitted.json` says a job will write
+    // it. `cache gc` for another pipeline must keep it (before, it removed it).
+    let Some((p, name)) = slurm_project(
+        "slurm_gc_keeps_the_build_of_a_live_job_whose_submitter_died",
+        "gclive",
+        "[stages.later]\nkind = \"command\"\nresources = { extra = [\"--begin=now+300\"] }\nargs = [\"sh\", \"-c\", \"echo ok > out.txt\"]\n",
+    ) else {
+        return;
+    };
+    p.write(
+        "other.toml",
+        "[pipeline]\nname = \"other\"\n[stages.c]\nkind = \"command\"\nargs = [\"true\"]\n",
+    );
+    let mut child = slurm_cmd(&p, &["run", "p.toml"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let submitted = || {
+        std::fs::read_dir(p.cache().join("jobs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("submitted.json"))
+            .find(|f| f.is_file())
+    };
+    wait_for("the job's submission", Duration::from_secs(30), || {
+        submitted().is_some()
+    });
+    // SAFETY: kill(2) on the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    let record = submitted().unwrap_or_else(|| panic!("no submitted.json"));
+    let key = record
+        .parent()
+        .and_then(Path::file_name)
+        .map(|k| k.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+    let job = Cancelled(job["job_id"].as_str().unwrap_or_default().to_string());
+    let partial = p.cache().join(format!("{key}.partial"));
+    assert!(partial.is_dir());
+    assert_eq!(queued(&name).len(), 1, "the job should be pending");
+    let gc = p.ok(&["cache", "gc", "other.toml"]);
+    assert!(partial.is_dir(), "the live job's build was removed:\n{gc}");
+    // Once the job has ended, its build directory is garbage like any other.
+    drop(job);
+    wait_for("the job to be cancelled", Duration::from_secs(30), || {
+        queued(&name).is_empty()
+    });
+    let gc = p.ok(&["cache", "gc", "other.toml"]);
+    assert!(!partial.exists(), "{gc}");
+}
+
 #[test]
 fn slurm_time_limit_resubmits_and_resumes() {
     let _cluster = shared_cluster();
@@ -341,6 +409,7 @@ const SLOW_TRAIN: &str = "[stages.data]\nkind = \"data_prep\"\nsource = { synthe
 
 #[test]
 fn slurm_time_limit_kills_a_train_instance_that_resumes_with_identical_weights_and_logs() {
+    let _cluster = shared_cluster();
     // Slurm warns the job 40 s before its limit (SIGUSR1 through `--signal`); the training loop
     // writes a checkpoint at its next step (its only mid-run checkpoint: `checkpoint_every = 0`)
     // and goes on until the limit kills it. The resubmitted job resumes from that checkpoint
@@ -427,6 +496,7 @@ fn sbatch_wrap(dir: &Path, script: &str) -> String {
 
 #[test]
 fn slurm_job_states_come_from_sacct_once_the_controller_forgot_the_job() {
+    let _cluster = shared_cluster();
     // A job that ended before the scheduler's next poll and left squeue and scontrol meanwhile
     // (after MinJobAge, 10 s on the test cluster, and the next purge, at most 60 s later) is
     // found in the jobcomp file through `sacct -c` (there is no accounting database here).
