@@ -910,7 +910,7 @@ fn readme_quotes_only_numbers_of_the_committed_reports() {
     for (heading, pipelines, at_least) in [
         (
             "## What the committed runs show",
-            &["paper-small", "quickstart"][..],
+            &["paper-small", "quickstart", "quickstart-ft900"][..],
             8,
         ),
         (
