@@ -280,3 +280,33 @@ fn training_beyond_the_model_length_warns_and_a_huge_model_is_refused() {
         "{e}"
     );
 }
+
+/// A data entry that lost its tokenizer (e.g. to a gc while a run used it) stops the train stage
+/// before it trains, naming the upstream and the file; the model is never written without one.
+#[test]
+fn a_data_entry_without_its_tokenizer_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    prepare_data(&data);
+    std::fs::remove_file(data.join("tokenizer.json")).unwrap();
+    let needs = BTreeMap::from([(
+        "data".to_string(),
+        vec![upstream("data", "data_prep", &data)],
+    )]);
+    let out = dir.path().join("base");
+    let e = run_stage(
+        "model = { hidden_size = 32, num_hidden_layers = 1, num_attention_heads = 2 }\n\
+         train = { seq_len = 32, batch_size = 2, steps = 1 }",
+        &needs,
+        &out,
+        "cpu",
+    )
+    .unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("the data of `data`")
+            && text.contains(&data.join("tokenizer.json").display().to_string()),
+        "{text}"
+    );
+    assert!(!out.join("model.safetensors").exists());
+}
