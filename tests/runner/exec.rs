@@ -351,12 +351,14 @@ fn a_build_is_not_committed_while_a_process_it_started_holds_its_work_lock() {
     // The first time, the script leaves a process in a session of its own (out of reach of the
     // group kill when the script ends) that inherits the work lock and may still write the
     // directory: the build is refused, not committed beside it (before, the commit removed
-    // the lock file and committed). The next run waits for that process, then builds.
+    // the lock file and committed). The next run waits for that process, then builds. The
+    // script waits until the process is in its own session: before that, the group kill at
+    // the script's end would take it too (a race that a loaded machine lost).
     let p = Project::new();
     p.write(
         "p.toml",
         &format!(
-            "{HEAD}[stages.a]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"if [ ! -f $PIPE_PIPELINE_DIR/once ]; then touch $PIPE_PIPELINE_DIR/once; setsid sh -c 'sleep 8; echo late > late.txt' >/dev/null 2>&1 & fi; echo ok > out.txt\"]\n"
+            "{HEAD}[stages.a]\nkind = \"command\"\nargs = [\"sh\", \"-c\", \"if [ ! -f $PIPE_PIPELINE_DIR/once ]; then touch $PIPE_PIPELINE_DIR/once; setsid sh -c 'touch $PIPE_PIPELINE_DIR/started; sleep 8; echo late > late.txt' >/dev/null 2>&1 & while [ ! -f $PIPE_PIPELINE_DIR/started ]; do sleep 0.05; done; fi; echo ok > out.txt\"]\n"
         ),
     );
     let err = p.fail(&["run", "p.toml"]);
