@@ -233,8 +233,7 @@ impl StageKind for Command {
             .stdin(Stdio::null());
         ctx.progress.start("command", 1);
         ctx.progress.message(&params.args.join(" "));
-        let mut child = cmd
-            .spawn()
+        let mut child = super::WorkLock::spawn(&mut cmd)
             .with_context(|| format!("cannot start `{}`", program.display()))?;
         // A checkpoint request (SIGUSR1 from Slurm before a time limit) is passed on to the
         // program, which may checkpoint on it (`trap ... USR1`).

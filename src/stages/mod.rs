@@ -363,14 +363,28 @@ impl WorkLock {
         self.file.as_raw_fd()
     }
 
+    /// Start `cmd` (whose `pre_exec` hands down this lock). A child between its fork and its
+    /// exec holds a copy of every descriptor of `pipe`, other build directories' work locks
+    /// included; spawning under [`SPAWNING`] (shared) and looking under it (exclusive) keeps
+    /// [`WorkLock::held`] from mistaking such a copy for a process the stage left running.
+    /// `spawn` returns only once the child has exec'd (or failed to).
+    pub fn spawn(cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+        let _spawning = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+        cmd.spawn()
+    }
+
     /// Whether some process holds the work lock of `out_dir`.
     pub fn held(out_dir: &Path) -> bool {
+        let _no_fork_in_flight = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
         std::fs::File::options()
             .write(true)
             .open(out_dir.join(WORK_LOCK))
             .is_ok_and(|f| f.try_lock().is_err())
     }
 }
+
+/// Held shared by [`WorkLock::spawn`] and exclusively by [`WorkLock::held`].
+static SPAWNING: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// What a running instance gets from the runner.
 pub struct Ctx<'a> {
