@@ -58,20 +58,12 @@ impl StageKind for Report {
             .flatten()
             .filter(|u| seen.insert(u.instance.clone()))
             .collect();
-        let infos: Vec<InstanceInfo> = upstreams
-            .iter()
-            .map(|u| InstanceInfo {
-                stage: u.stage.clone(),
-                instance: u.instance.clone(),
-                matrix: u.matrix.clone().into_iter().collect(),
-                dir: Some(u.dir.clone()),
-            })
-            .collect();
+        let infos: Vec<InstanceInfo> = upstreams.iter().map(|u| instance_info(u)).collect();
         let tables = ctx.out_dir.join(TABLES_DIR);
         std::fs::create_dir_all(&tables)
             .with_context(|| format!("cannot create {}", tables.display()))?;
         gather_tables(&tables, &infos)?;
-        write_lineage(&tables, &upstreams, &infos)?;
+        write_lineage(&tables, &upstreams)?;
         // Tables the report stage makes itself from the gathered entries (no stage publishes
         // them), copied into the report so that `pipe report` finds them in results/.
         let mut own_tables = Vec::new();
@@ -106,17 +98,12 @@ impl StageKind for Report {
 /// report follows keys, not names, inside a run too: the runner writes its own `runs.parquet`
 /// only after every stage, this one included. Every gathered instance is a committed entry,
 /// hence `cached`; times are not known here and stay empty.
-fn write_lineage(
-    tables: &Path,
-    upstreams: &[&Upstream],
-    infos: &[InstanceInfo],
-) -> anyhow::Result<()> {
+fn write_lineage(tables: &Path, upstreams: &[&Upstream]) -> anyhow::Result<()> {
     let rows: Vec<(InstanceInfo, RunRow)> = upstreams
         .iter()
-        .zip(infos)
-        .map(|(u, info)| {
+        .map(|u| {
             (
-                info.clone(),
+                instance_info(u),
                 RunRow {
                     key: u.key.clone(),
                     cached: true,
@@ -131,6 +118,16 @@ fn write_lineage(
         })
         .collect();
     Ok(write_runs(tables, &rows)?)
+}
+
+/// A gathered upstream as the results module names it.
+fn instance_info(u: &Upstream) -> InstanceInfo {
+    InstanceInfo {
+        stage: u.stage.clone(),
+        instance: u.instance.clone(),
+        matrix: u.matrix.clone().into_iter().collect(),
+        dir: Some(u.dir.clone()),
+    }
 }
 
 /// The `config.json` of every gathered instance that has one (the models), in gather order.

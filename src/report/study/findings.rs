@@ -854,13 +854,16 @@ fn trials(study: &Study, gate: bool) -> (Vec<Trial>, usize) {
 }
 
 /// Stratified AUROC of `trials` (strata: instance, task, length; clusters: + depth).
+/// The stratum of a trial: pairs for the AUROC are formed only inside one (instance, seed,
+/// task, length).
+fn stratum(t: &&Trial) -> u64 {
+    hash_of((&t.id, t.seed, &t.task, t.length))
+}
+
 fn trial_auroc(trials: &[&Trial], opts: &ReportOptions) -> Option<ClusterEstimate> {
     let scores: Vec<f64> = trials.iter().map(|t| t.entropy).collect();
     let fails: Vec<bool> = trials.iter().map(|t| t.failed).collect();
-    let strata: Vec<u64> = trials
-        .iter()
-        .map(|t| hash_of((&t.id, t.seed, &t.task, t.length)))
-        .collect();
+    let strata: Vec<u64> = trials.iter().map(stratum).collect();
     let clusters: Vec<u64> = trials
         .iter()
         .map(|t| hash_of((&t.id, t.seed, &t.task, t.length, t.depth_bits)))
@@ -885,9 +888,7 @@ fn trial_auroc(trials: &[&Trial], opts: &ReportOptions) -> Option<ClusterEstimat
 fn auroc_floor(trials: &[&Trial]) -> f64 {
     let mut strata: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for t in trials {
-        let e = strata
-            .entry(hash_of((&t.id, t.seed, &t.task, t.length)))
-            .or_default();
+        let e = strata.entry(stratum(t)).or_default();
         e.0 += 1;
         e.1 += u64::from(t.failed);
     }
