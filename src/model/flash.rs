@@ -87,11 +87,11 @@ pub struct FlashOutput {
 
 /// One unit of parallel work: a query block of one KV head's group.
 #[derive(Debug, Clone, Copy)]
-struct Task {
-    b: usize,
-    kvh: usize,
-    q_start: usize,
-    nq: usize,
+pub(super) struct Task {
+    pub(super) b: usize,
+    pub(super) kvh: usize,
+    pub(super) q_start: usize,
+    pub(super) nq: usize,
 }
 
 fn tasks(s: &FlashShape, block_q: usize) -> Vec<Task> {
@@ -113,16 +113,16 @@ fn tasks(s: &FlashShape, block_q: usize) -> Vec<Task> {
 
 /// Per-task scratch and its geometry: the task's `groups * nq` query rows (row `g * nq + i` is
 /// query `q_start + i` of head `kvh * groups + g`), scaled.
-struct Tile {
+pub(super) struct Tile {
     /// `[rows, head_dim]`, q times the softmax scale.
-    q: Vec<f32>,
+    pub(super) q: Vec<f32>,
     /// `[rows, block_k]` scores, then probabilities.
-    s: Vec<f32>,
-    rows: usize,
+    pub(super) s: Vec<f32>,
+    pub(super) rows: usize,
 }
 
 impl Tile {
-    fn new(q: &[f32], s: &FlashShape, t: &Task, block_k: usize, scale: f32) -> Tile {
+    pub(super) fn new(q: &[f32], s: &FlashShape, t: &Task, block_k: usize, scale: f32) -> Tile {
         let (g, d) = (s.groups(), s.head_dim);
         let rows = g * t.nq;
         let mut tile = vec![0f32; rows * d];
@@ -144,59 +144,87 @@ impl Tile {
     }
 
     /// Scores of the key block `k_start..k_start + nk` into `self.s` (row stride `nk`).
-    fn scores(&mut self, kv: &[f32], d: usize, k_start: usize, nk: usize) {
+    pub(super) fn scores(&mut self, kv: &[f32], d: usize, k_start: usize, nk: usize) {
         let kb = &kv[k_start * d..(k_start + nk) * d];
-        // SAFETY: dst is rows x nk (row stride nk) inside self.s (rows * block_k >= rows * nk);
-        // lhs is rows x d row-major; rhs is K^T, d x nk, element (i, j) at kb[j * d + i].
-        unsafe {
-            gemm::gemm(
-                self.rows,
-                nk,
-                d,
-                self.s.as_mut_ptr(),
-                1,
-                nk as isize,
-                false,
-                self.q.as_ptr(),
-                1,
-                d as isize,
-                kb.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        let (rows, q) = (self.rows, View::rows(&self.q, d));
+        matmul(&mut self.s, rows, nk, d, q, View::transposed(kb, d), false);
     }
 }
 
 /// Keys of the block visible to a query at key position `pos`: `0..visible`.
-fn visible(pos: usize, k_start: usize, nk: usize) -> usize {
+pub(super) fn visible(pos: usize, k_start: usize, nk: usize) -> usize {
     (pos + 1).saturating_sub(k_start).min(nk)
 }
 
 /// `acc[rows, d] += p[rows, nk] v[k_start.., d]`.
 fn accumulate_pv(acc: &mut [f32], p: &[f32], v: &[f32], rows: usize, nk: usize, d: usize) {
-    // SAFETY: acc is rows x d, p rows x nk, v nk x d, all row-major and in bounds.
+    matmul(acc, rows, d, nk, View::rows(p, nk), View::rows(v, d), true);
+}
+
+/// A matrix view for [`matmul`]: element `(i, j)` at `data[i * row + j * col]`.
+#[derive(Clone, Copy)]
+pub(super) struct View<'a> {
+    data: &'a [f32],
+    row: usize,
+    col: usize,
+}
+
+impl<'a> View<'a> {
+    pub(super) fn rows(data: &'a [f32], stride: usize) -> Self {
+        View {
+            data,
+            row: stride,
+            col: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with row stride `stride`.
+    pub(super) fn transposed(data: &'a [f32], stride: usize) -> Self {
+        View {
+            data,
+            row: 1,
+            col: stride,
+        }
+    }
+
+    /// Asserts that `(rows - 1, cols - 1)` is inside the slice (the GEMM reads no further).
+    fn check(&self, rows: usize, cols: usize) {
+        if rows > 0 && cols > 0 {
+            assert!((rows - 1) * self.row + (cols - 1) * self.col < self.data.len());
+        }
+    }
+}
+
+/// `dst[m, n] (row stride n) = (dst if accumulate, else 0) + lhs[m, k] rhs[k, n]`.
+pub(super) fn matmul(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+) {
+    assert!(dst.len() >= m * n);
+    lhs.check(m, k);
+    rhs.check(k, n);
+    // SAFETY: dst is m x n row-major inside `dst`; every element of lhs and rhs the product
+    // reads is inside its slice (checked above); the three do not alias (`dst` is `&mut`).
     unsafe {
         gemm::gemm(
-            rows,
-            d,
-            nk,
-            acc.as_mut_ptr(),
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
             1,
-            d as isize,
-            true,
-            p.as_ptr(),
-            1,
-            nk as isize,
-            v.as_ptr(),
-            1,
-            d as isize,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.data.as_ptr(),
+            rhs.col as isize,
+            rhs.row as isize,
             1.0,
             1.0,
             false,

@@ -24,6 +24,7 @@ use super::attention::{
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
 use super::flash::{self, FlashShape};
+use super::flash_grad;
 pub use super::kv_cache::KvCache;
 use super::kv_cache::LayerKv;
 use super::rope::{RopeConfig, cos_sin};
@@ -194,6 +195,8 @@ pub struct Llama {
 enum Mode {
     /// Full score matrix (autodiff-friendly).
     Materialized,
+    /// The CPU training op: fused forward, FlashAttention-2 backward ([`flash_grad`]).
+    Train,
     /// burn's fused attention.
     Fused,
     /// Our blocks, with entropy.
@@ -389,7 +392,7 @@ impl Llama {
             let host_blocks = match mode {
                 Mode::Fused => Some((AttentionBlocks::flash(), false)),
                 Mode::Entropy(blocks) => Some((blocks, true)),
-                Mode::Materialized | Mode::Probs => None,
+                Mode::Materialized | Mode::Train | Mode::Probs => None,
             };
             if let (Some(kv), Some((blocks, want_entropy)), true) =
                 (cache.as_deref_mut(), host_blocks, flash)
@@ -432,6 +435,8 @@ impl Llama {
             }
             let (o, stat) = match mode {
                 Mode::Materialized => (attend_materialized(q, k, v, start, false).0, Stat::None),
+                Mode::Train if start == 0 => (flash_grad::attend(q, k, v), Stat::None),
+                Mode::Train => (attend_materialized(q, k, v, start, false).0, Stat::None),
                 Mode::Fused if flash => (
                     attend_blockwise(q, k, v, start, AttentionBlocks::flash(), false).0,
                     Stat::None,
@@ -483,7 +488,10 @@ impl Llama {
     }
 
     fn attention_mode(&self, ids: &Tensor<2, Int>) -> Mode {
-        if ids.device().is_autodiff() {
+        let device = ids.device();
+        if flash_grad::available(&device) {
+            Mode::Train
+        } else if device.is_autodiff() {
             Mode::Materialized
         } else {
             Mode::Fused
@@ -497,8 +505,9 @@ impl Llama {
         Ok(self.run(ids, mode, None, None).0)
     }
 
-    /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`. On an autodiff device the
-    /// attention is built from differentiable ops; otherwise it is burn's fused attention.
+    /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`. On the CPU autodiff device the
+    /// attention is the training op of [`flash_grad`], on another autodiff device it is built
+    /// from differentiable ops; otherwise it is the fused forward kernel.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>> {
         Ok(self.head(self.forward_hidden(ids)?))
     }

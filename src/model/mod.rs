@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod flash;
+pub mod flash_grad;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
