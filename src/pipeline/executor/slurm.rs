@@ -340,6 +340,11 @@ impl SlurmExecutor {
             format!("--job-name={name}"),
             format!("--output={}", dir.join("slurm-%j.out").display()),
             format!("--chdir={}", job.pipeline_dir.display()),
+            // Slurm must not requeue the job itself (JobRequeue=1, PreemptMode=REQUEUE): under
+            // the same id it would hide NODE_FAIL or PREEMPTED from the poll, run again into a
+            // build directory a non-resumable kind must start afresh, and bypass
+            // PIPE_SLURM_RETRIES. The scheduler resubmits those endings itself.
+            "--no-requeue".to_string(),
         ];
         if job.resumable {
             // A resumable kind gets notice before its time limit (SIGUSR1, a minute unless
