@@ -420,7 +420,7 @@ impl SlurmExecutor {
             if found.state != w.state {
                 w.state = found.state.clone();
                 if !found.state.ended() {
-                    w.progress.note(&format!(
+                    w.progress.warn(&format!(
                         "job {} {}",
                         w.job_id,
                         found.state.name().to_lowercase()
@@ -464,7 +464,7 @@ impl SlurmExecutor {
             };
             match restarted {
                 Ok((new_id, _)) => {
-                    w.progress.note(&format!(
+                    w.progress.warn(&format!(
                         "job {old} ended {state}; resubmitted as job {new_id} (attempt {attempt} of {})",
                         self.retries + 1
                     ));
@@ -656,11 +656,11 @@ impl Executor for SlurmExecutor {
     fn submit(&mut self, id: usize, job: &Job, progress: InstanceProgress) -> Result<(), Failure> {
         let (job_id, attached) = self.start(job, 1)?;
         if attached {
-            progress.note(&format!(
+            progress.warn(&format!(
                 "re-attached to job {job_id}, still running from an earlier pipe run"
             ));
         } else {
-            progress.note(&format!("submitted as job {job_id}"));
+            progress.warn(&format!("submitted as job {job_id}"));
         }
         // A re-attached job's progress so far is shown from the start of its file.
         self.jobs.insert(
