@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Ended, Executor, ExecutorOptions, Handle};
+use super::{Ended, Executor, ExecutorKind, ExecutorName, ExecutorOptions, Handle};
 use crate::error::{Error, Result};
 use crate::pipeline::cache::Cache;
 use crate::pipeline::job::{Failure, Job};
@@ -616,8 +616,8 @@ fn live_submission(cache: &Cache, key: &str) -> Option<Submitted> {
     (!state.state.ended()).then_some(s)
 }
 
-/// The live Slurm jobs of `keys` (for `pipe status`): one batched squeue.
-pub fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
+/// The live Slurm jobs of `keys` (for `pipe status` and `cache gc`): one batched squeue.
+fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
     let submitted: Vec<(String, Submitted)> = keys
         .iter()
         .filter_map(|k| {
@@ -638,6 +638,7 @@ pub fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
                 (
                     k,
                     Handle {
+                        executor: ExecutorName::Slurm,
                         job_id: s.job_id,
                         state: st.state.name().to_string(),
                     },
@@ -645,6 +646,21 @@ pub fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
             })
         })
         .collect()
+}
+
+impl ExecutorKind for SlurmExecutor {
+    fn default_jobs() -> usize {
+        // How many jobs to keep submitted; Slurm decides where and when they run.
+        1000
+    }
+
+    fn create(opts: &ExecutorOptions, cache: &Cache) -> Result<SlurmExecutor> {
+        SlurmExecutor::new(opts, cache)
+    }
+
+    fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
+        live_jobs(cache, keys)
+    }
 }
 
 impl Executor for SlurmExecutor {
