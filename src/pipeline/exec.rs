@@ -422,44 +422,51 @@ pub enum Prepared {
 }
 
 impl Plan {
+    /// Instance `u` as a finished upstream entry of the cache.
+    fn upstream(&self, u: usize, cache: &Cache) -> Upstream {
+        let ui = &self.graph.instances[u];
+        let ustage = &self.pipeline.stages[ui.stage];
+        Upstream {
+            stage: ustage.name.clone(),
+            instance: ui.name.clone(),
+            kind: ustage.kind.kind().to_string(),
+            dir: absolute(cache.entry(self.key(u))),
+            matrix: ui.matrix_columns().into_iter().collect(),
+            params: ui.params.clone(),
+            key: self.key(u).to_string(),
+            inputs: ui
+                .needs
+                .iter()
+                .map(|(n, ids)| {
+                    (
+                        n.clone(),
+                        ids.iter().map(|&x| self.key(x).to_string()).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// The job of instance `i`, built into `out_dir`.
     pub fn job(&self, i: usize, cache: &Cache, out_dir: PathBuf) -> Job {
         let inst = &self.graph.instances[i];
         let stage = &self.pipeline.stages[inst.stage];
-        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         let needs: BTreeMap<String, Vec<Upstream>> = inst
             .needs
             .iter()
             .map(|(name, ups)| {
-                let list = ups
-                    .iter()
-                    .map(|&u| {
-                        let ui = &self.graph.instances[u];
-                        let ustage = &self.pipeline.stages[ui.stage];
-                        Upstream {
-                            stage: ustage.name.clone(),
-                            instance: ui.name.clone(),
-                            kind: ustage.kind.kind().to_string(),
-                            dir: absolute(cache.entry(self.key(u))),
-                            matrix: ui.matrix_columns().into_iter().collect(),
-                            params: ui.params.clone(),
-                            key: self.key(u).to_string(),
-                            inputs: ui
-                                .needs
-                                .iter()
-                                .map(|(n, ids)| {
-                                    (
-                                        n.clone(),
-                                        ids.iter().map(|&x| self.key(x).to_string()).collect(),
-                                    )
-                                })
-                                .collect(),
-                        }
-                    })
-                    .collect();
+                let list = ups.iter().map(|&u| self.upstream(u, cache)).collect();
                 (name.clone(), list)
             })
             .collect();
+        // Every instance `i` depends on, transitively, in plan order.
+        let mut ancestors = BTreeSet::new();
+        let mut todo: Vec<usize> = inst.needs.values().flatten().copied().collect();
+        while let Some(u) = todo.pop() {
+            if ancestors.insert(u) {
+                todo.extend(self.graph.instances[u].needs.values().flatten().copied());
+            }
+        }
         Job {
             key: self.key(i).to_string(),
             pipeline: self.pipeline.header.name.clone(),
@@ -468,6 +475,10 @@ impl Plan {
             kind: stage.kind.kind().to_string(),
             params: inst.params.clone(),
             needs,
+            ancestors: ancestors
+                .into_iter()
+                .map(|u| self.upstream(u, cache))
+                .collect(),
             seed: inst.seed,
             device: self.pipeline.header.device.clone(),
             pipeline_dir: absolute(self.pipeline.dir.clone()),
@@ -476,6 +487,12 @@ impl Plan {
             resumable: self.resumable[i],
         }
     }
+}
+
+/// `p` made absolute (as it is where it cannot be): a job runs in another directory, or on
+/// another node.
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
 }
 
 /// Take instance `i`'s key lock without waiting and, unless another run built it meanwhile,

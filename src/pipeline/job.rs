@@ -27,6 +27,10 @@ pub struct Job {
     pub params: serde_json::Value,
     /// Needs by name, each with its upstream instances' finished entries.
     pub needs: BTreeMap<String, Vec<Upstream>>,
+    /// Every instance it depends on, transitively (the needs included), in plan order: the
+    /// lineage a report publishes.
+    #[serde(default)]
+    pub ancestors: Vec<Upstream>,
     pub seed: u64,
     pub device: String,
     /// The pipeline file's directory (absolute), for relative paths in parameters.
@@ -104,6 +108,7 @@ impl Job {
             instance: &self.instance,
             out_dir: &self.out_dir,
             needs: &self.needs,
+            ancestors: &self.ancestors,
             seed: self.seed,
             device: &self.device,
             pipeline_dir: &self.pipeline_dir,
@@ -152,6 +157,7 @@ mod tests {
                     inputs: BTreeMap::from([("d".to_string(), vec!["kd".to_string()])]),
                 }],
             )]),
+            ancestors: Vec::new(),
             seed: 7,
             device: "cpu".into(),
             pipeline_dir: "/p".into(),

@@ -680,6 +680,21 @@ fn format_number(v: f64, step: f64) -> String {
 }
 
 /// 2^e as `0.5`, `1`, `512`, `1K`, `64K`, `1M`, `1G`.
+/// A token count as an axis label: `12288` -> `12K`, `1536` -> `1.5K`, `1048576` -> `1M`,
+/// `300` -> `300` (counts that are no multiple of 512 keep their digits).
+pub fn token_count_label(n: u64) -> String {
+    for (unit, suffix) in [(1u64 << 20, "M"), (1 << 10, "K")] {
+        if n >= unit && n.is_multiple_of(unit / 2) {
+            let whole = n / unit;
+            return match n % unit {
+                0 => format!("{whole}{suffix}"),
+                _ => format!("{whole}.5{suffix}"),
+            };
+        }
+    }
+    n.to_string()
+}
+
 fn format_power_of_two(e: i64) -> String {
     match e {
         e if e < 0 => format_number(2f64.powi(e as i32), 2f64.powi(e as i32)),
@@ -1481,6 +1496,10 @@ mod tests {
 
     #[test]
     fn tick_choice() {
+        let labels: Vec<String> = [300, 512, 1536, 4096, 12288, 1 << 20, 3 << 19]
+            .map(token_count_label)
+            .into();
+        assert_eq!(labels, ["300", "512", "1.5K", "4K", "12K", "1M", "1.5M"]);
         let t = ticks(Scale::Log2, 7.0f64 - 0.1, 11.1);
         let labels: Vec<&str> = t.iter().map(|x| x.1.as_str()).collect();
         assert_eq!(labels, ["128", "256", "512", "1K", "2K"]);

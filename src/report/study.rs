@@ -24,7 +24,7 @@ pub use options::{
 use crate::analysis::effective::effective_length;
 use crate::report::plots::{Scale, VLine};
 use crate::report::tables::{Align, format_value, markdown_table};
-use data::{Metric, Study, cell, lengths_of};
+use data::{GateOutcome, Metric, Study, cell, lengths_of};
 use figures::{Figures, distance_lengths};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -64,48 +64,6 @@ pub struct ReportSummary {
     pub problems: Vec<String>,
 }
 
-/// Checks the options' values (the `report` kind's parse-time check calls it too).
-pub fn check(opts: &ReportOptions) -> Result<(), ReportError> {
-    if !(opts.alpha > 0.0 && opts.alpha < 1.0) {
-        return Err(ReportError::Option {
-            key: "alpha",
-            message: format!("{} must lie strictly between 0 and 1", opts.alpha),
-        });
-    }
-    if opts.resamples == 0 {
-        return Err(ReportError::Option {
-            key: "resamples",
-            message: "must be at least 1".into(),
-        });
-    }
-    for (key, v) in [
-        ("adaptation_gate", opts.adaptation_gate),
-        (
-            "effective_length_threshold",
-            opts.effective_length_threshold,
-        ),
-    ] {
-        if !(0.0..=1.0).contains(&v) {
-            return Err(ReportError::Option {
-                key,
-                message: format!("{v} must be a needle accuracy in [0, 1]"),
-            });
-        }
-    }
-    for (key, v) in [
-        ("pretrained_length", opts.pretrained_length),
-        ("finetune_length", opts.finetune_length),
-    ] {
-        if let Some(v) = v.filter(|v| *v <= 0) {
-            return Err(ReportError::Option {
-                key,
-                message: format!("{v} must be a positive number of tokens"),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Reads the tables in `results_dir` (`<table>.parquet` in the gathered layout, see
 /// `crate::tables`) and writes `report.md` and PNG figures into `out_dir` (created if missing).
 ///
@@ -115,7 +73,8 @@ pub fn write_report(
     out_dir: &Path,
     opts: &ReportOptions,
 ) -> Result<ReportSummary, ReportError> {
-    check(opts)?;
+    opts.check()
+        .map_err(|(key, message)| ReportError::Option { key, message })?;
     let classifier = options::Classifier::new(opts).map_err(|message| ReportError::Option {
         key: "base/ablation",
         message,
@@ -283,6 +242,7 @@ fn inputs_section(md: &mut String, study: &Study) {
                 match m.ft_length {
                     Some(l) => format!("{l} ({})", m.ft_source),
                     None if m.id.group == Group::Base => "–".into(),
+                    None if m.training_free => "training-free".into(),
                     None => "unknown".into(),
                 },
                 m.stages
@@ -334,6 +294,19 @@ fn gate_section(md: &mut String, study: &Study) {
          (*not solid*) and left out of every test.\n",
         pre.map(|p| format!(" {p}")).unwrap_or_default()
     );
+    if study
+        .gate
+        .iter()
+        .any(|g| g.outcome == GateOutcome::TrainingFree)
+    {
+        let _ = writeln!(
+            md,
+            "Training-free extensions (the pretrained weights with only their RoPE changed; \
+             the run's lineage shows no training) are not gated: nothing was trained, so a loss \
+             of retrieval at L is the method's own effect, which the findings measure, not an \
+             unfinished fine-tune. Their accuracy at L is shown.\n"
+        );
+    }
     let rows: Vec<Vec<String>> = study
         .gate
         .iter()
@@ -347,12 +320,13 @@ fn gate_section(md: &mut String, study: &Study) {
                     Some((l, a)) => format!("{} at {l}", format_value(a, 3)),
                     None => "–".into(),
                 },
-                match (g.passed, base) {
-                    (Some(true), false) => "adapted",
-                    (Some(false), false) => "**not adapted**",
-                    (Some(true), true) => "solid",
-                    (Some(false), true) => "**not solid**",
-                    (None, _) => "not checked (no needle rows at the length)",
+                match (g.outcome, base) {
+                    (GateOutcome::Passed, false) => "adapted",
+                    (GateOutcome::Failed, false) => "**not adapted**",
+                    (GateOutcome::Passed, true) => "solid",
+                    (GateOutcome::Failed, true) => "**not solid**",
+                    (GateOutcome::NotChecked, _) => "not checked (no needle rows at the length)",
+                    (GateOutcome::TrainingFree, _) => "training-free: not gated",
                 }
                 .into(),
             ]
@@ -383,7 +357,7 @@ fn gate_section(md: &mut String, study: &Study) {
     let failed = study
         .gate
         .iter()
-        .filter(|g| g.passed == Some(false))
+        .filter(|g| g.outcome == GateOutcome::Failed)
         .count();
     let _ = writeln!(
         md,

@@ -398,6 +398,8 @@ pub struct Ctx<'a> {
     pub out_dir: &'a Path,
     /// Needs by name; a single need has one element, a gathered need (`x[*]`) several.
     pub needs: &'a BTreeMap<String, Vec<Upstream>>,
+    /// Every instance this one depends on, transitively (the needs included).
+    pub ancestors: &'a [Upstream],
     /// The instance's seed (pipeline seed, or the stage's `seed`, or a `matrix.seed` value).
     pub seed: u64,
     /// The pipeline's device: `cpu`, `cuda` or `cuda:N`.

@@ -26,7 +26,8 @@ impl StageKind for Report {
     const KIND: &'static str = "report";
     // 2: publishes `model_config.parquet` for the frequency view; effective length.
     // 3: publishes `warnings.parquet` and shows the gathered instances' warnings.
-    const VERSION: u32 = 3;
+    // 4: training-free models (lineage) labelled and not gated; a tick at each measured length.
+    const VERSION: u32 = 4;
     type Params = ReportOptions;
 
     fn needs() -> Needs {
@@ -63,7 +64,16 @@ impl StageKind for Report {
         std::fs::create_dir_all(&tables)
             .with_context(|| format!("cannot create {}", tables.display()))?;
         gather_tables(&tables, &infos)?;
-        write_lineage(&tables, &upstreams)?;
+        // The whole lineage, not only the gathered instances: whether a model was trained in
+        // this run is told by its ancestors (a `rope` stage's model may be an import or a
+        // train instance).
+        let mut known: BTreeSet<&str> = upstreams.iter().map(|u| u.instance.as_str()).collect();
+        let lineage: Vec<&Upstream> = upstreams
+            .iter()
+            .copied()
+            .chain(ctx.ancestors.iter().filter(|u| known.insert(&u.instance)))
+            .collect();
+        write_lineage(&tables, &lineage)?;
         // Tables the report stage makes itself from the gathered entries (no stage publishes
         // them), copied into the report so that `pipe report` finds them in results/.
         let mut own_tables = Vec::new();
@@ -94,7 +104,7 @@ impl StageKind for Report {
 }
 
 /// Writes `runs.parquet` beside the gathered tables with the lineage of the gathered instances
-/// (each one's cache key and the keys of its needs, as the runner hands them over), so that the
+/// and their ancestors (each one's cache key and the keys of its needs, as the runner hands them over), so that the
 /// report follows keys, not names, inside a run too: the runner writes its own `runs.parquet`
 /// only after every stage, this one included. Every gathered instance is a committed entry,
 /// hence `cached`; times are not known here and stay empty.

@@ -100,6 +100,7 @@ fn run<K: StageKind>(
         instance: "s",
         out_dir: out,
         needs,
+        ancestors: &[],
         seed: 11,
         device: "cpu",
         pipeline_dir: out,

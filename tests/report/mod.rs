@@ -417,9 +417,18 @@ fn expected_ppl_cell(m: &Model, length: i64) -> String {
     format!("{mean:.2} ± {sd:.2}")
 }
 
-/// Writes `runs.parquet` as the runner does: a key per instance and each need's keys. With
-/// `share`, the ablation arm fine-tuned at `FT` is the NTK method's instance (equal keys).
-fn write_runs(dir: &Path, spec: &Spec, share: bool) {
+/// How the synthetic run's lineage is drawn.
+#[derive(Clone, Copy, PartialEq)]
+enum Runs {
+    /// The ablation arm fine-tuned at `FT` is the NTK method's instance (equal keys).
+    Shared,
+    /// The methods are training-free: `rope` instances of an imported checkpoint.
+    TrainingFreeMethods,
+}
+
+/// Writes `runs.parquet` as the runner does: a key per instance and each need's keys.
+fn write_runs(dir: &Path, spec: &Spec, runs: Runs) {
+    let share = runs == Runs::Shared;
     use ropelens::results::{InstanceInfo, RunRow, write_runs};
     let models = models(spec);
     let key = |m: &Model, kind: &str, seed: Option<i64>| -> String {
@@ -442,7 +451,10 @@ fn write_runs(dir: &Path, spec: &Spec, share: bool) {
             for kind in ["train", "ppl", "needle", "attn"] {
                 let mut needs = std::collections::BTreeMap::new();
                 needs.insert("data".to_string(), vec!["d".to_string()]);
-                if kind == "train" {
+                let rope_of_import = runs == Runs::TrainingFreeMethods && m.train_stage == "extend";
+                if kind == "train" && rope_of_import {
+                    needs = [("model".to_string(), vec!["import".to_string()])].into();
+                } else if kind == "train" {
                     if m.train_stage != base.train_stage {
                         needs.insert("init".into(), vec![key(base, "train", None)]);
                     }
@@ -469,6 +481,26 @@ fn write_runs(dir: &Path, spec: &Spec, share: bool) {
                 ));
             }
         }
+    }
+    if runs == Runs::TrainingFreeMethods {
+        rows.push((
+            InstanceInfo {
+                stage: "import".into(),
+                instance: "import".into(),
+                matrix: vec![],
+                dir: None,
+            },
+            RunRow {
+                key: "import".into(),
+                cached: false,
+                status: ropelens::results::RunStatus::Built,
+                seconds: 1.0,
+                started_at: None,
+                finished_at: None,
+                error: None,
+                needs: Default::default(),
+            },
+        ));
     }
     write_runs(dir, &rows).unwrap();
 }
@@ -731,12 +763,8 @@ fn a_design_that_cannot_reach_alpha_says_so() {
     assert_eq!(summary.findings[0].verdict, Verdict::Reproduces);
 }
 
-#[test]
-fn models_that_fail_the_gate_are_left_out_and_listed() {
-    // The NTK method never retrieves: its needle rows all fail.
-    let tmp = tempfile::tempdir().unwrap();
-    let results = tmp.path().join("results");
-    write_study(&results, &Spec::new(true));
+/// Every needle trial of NTK x4 at seed 2 fails.
+fn fail_ntk_seed_2(results: &Path) {
     let path = results.join("needle.parquet");
     let rows: Vec<_> = read_results::<NeedleRow>(&path)
         .unwrap()
@@ -750,6 +778,23 @@ fn models_that_fail_the_gate_are_left_out_and_listed() {
         })
         .collect();
     write_results(&path, &rows).unwrap();
+}
+
+/// Removes the rows of one stage from a table.
+fn drop_rows<T: Table>(results: &Path, stage: &str) {
+    let path = results.join(format!("{}.parquet", T::NAME));
+    let rows: Vec<ResultRow<T>> = read_results::<T>(&path).unwrap();
+    let kept: Vec<_> = rows.into_iter().filter(|r| r.stage != stage).collect();
+    write_results(&path, &kept).unwrap();
+}
+
+#[test]
+fn models_that_fail_the_gate_are_left_out_and_listed() {
+    // The NTK method never retrieves: its needle rows all fail.
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    write_study(&results, &Spec::new(true));
+    fail_ntk_seed_2(&results);
     let summary =
         write_report(&results, &tmp.path().join("out"), &ReportOptions::default()).unwrap();
     let md = std::fs::read_to_string(&summary.report).unwrap();
@@ -777,6 +822,51 @@ fn models_that_fail_the_gate_are_left_out_and_listed() {
 }
 
 #[test]
+fn training_free_methods_are_labelled_and_not_gated() {
+    // The methods are the pretrained weights with their RoPE changed (lineage: `rope`
+    // instances of an import, no training), and NTK x4 never retrieves at seed 2: a method's
+    // own effect, which must stay in the tests, not an unfinished fine-tune to leave out.
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let spec = Spec::new(true);
+    write_study(&results, &spec);
+    write_runs(&results, &spec, Runs::TrainingFreeMethods);
+    // Nothing trained the methods: no training logs of theirs.
+    drop_rows::<TrainLogRow>(&results, "extend");
+    drop_rows::<ValLogRow>(&results, "extend");
+    fail_ntk_seed_2(&results);
+    let summary =
+        write_report(&results, &tmp.path().join("out"), &ReportOptions::default()).unwrap();
+    let md = std::fs::read_to_string(&summary.report).unwrap();
+    let model_row = md
+        .lines()
+        .find(|l| l.starts_with("| NTK x4") && l.contains("| method"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(model_row.contains("| training-free"), "{model_row}");
+    let gate_row = md
+        .lines()
+        .find(|l| l.starts_with("| NTK x4") && l.contains(" 2 |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(
+        gate_row.contains("training-free: not gated") && gate_row.contains("0.000"),
+        "{gate_row}"
+    );
+    assert!(md.contains("Training-free extensions"), "{md}");
+    // The ablation arms were trained: still gated, and they pass.
+    assert!(
+        md.lines()
+            .any(|l| l.starts_with("| fine-tuned at 512") && l.contains("| adapted")),
+        "{md}"
+    );
+    assert!(
+        md.contains("0 of 22 (model, seed) instances fail the gate"),
+        "{md}"
+    );
+    // Finding 1 keeps the observation that the gate would drop for a fine-tuned method.
+    assert_eq!(summary.findings[0].subtests[0].test.as_ref().unwrap().n, 12);
+}
+
+#[test]
 fn lineage_finds_the_base_and_a_shared_instance_by_key() {
     // The base's stages match no name pattern; runs.parquet says what it is. The ablation arm
     // at 512 has the NTK method's keys: one instance under two names.
@@ -787,7 +877,7 @@ fn lineage_finds_the_base_and_a_shared_instance_by_key() {
         ..Spec::new(true)
     };
     write_study(&results, &spec);
-    write_runs(&results, &spec, true);
+    write_runs(&results, &spec, Runs::Shared);
     let summary =
         write_report(&results, &tmp.path().join("out"), &ReportOptions::default()).unwrap();
     let md = std::fs::read_to_string(&summary.report).unwrap();
@@ -896,7 +986,7 @@ fn missing_and_broken_tables_degrade_gracefully() {
     let err = write_report(&empty, &tmp.path().join("o"), &bad).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "report option `alpha`: 1.5 must lie strictly between 0 and 1"
+        "report option `alpha`: must be in (0, 1), got 1.5"
     );
 }
 

@@ -60,6 +60,7 @@ fn run_stage(
         instance: "t",
         out_dir: out,
         needs,
+        ancestors: &[],
         seed: 5,
         device,
         pipeline_dir: out,

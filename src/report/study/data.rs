@@ -52,6 +52,9 @@ pub struct ModelInfo {
     pub ft_length: Option<i64>,
     /// Where `ft_length` came from.
     pub ft_source: String,
+    /// Never trained in this run (lineage: an imported checkpoint, its RoPE possibly
+    /// changed): there is no fine-tuning length and nothing to adapt.
+    pub training_free: bool,
     /// An earlier model whose instances have exactly these cache keys: the same measurement
     /// under another stage's name (e.g. the ablation's 4L arm is the NTK x4 method).
     pub shared_with: Option<ModelId>,
@@ -68,9 +71,22 @@ pub struct GateCheck {
     pub at_pretrained: Option<f64>,
     /// The fine-tuning length and the accuracy there (fine-tuned models only).
     pub at_finetune: Option<(i64, Option<f64>)>,
-    /// `Some(true)` adapted (or, for the base, solid), `Some(false)` not, `None` not checked
-    /// (no needle rows at the length).
-    pub passed: Option<bool>,
+    /// What the gate decided.
+    pub outcome: GateOutcome,
+}
+
+/// The adaptation gate's decision for one (model, seed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateOutcome {
+    /// Adapted (for the base: solid): enters the tests.
+    Passed,
+    /// Not adapted (not solid): left out of every test.
+    Failed,
+    /// No needle rows at a length the gate needs, or the gate is disabled: enters the tests.
+    NotChecked,
+    /// A training-free extension: nothing was trained, so there is nothing to have failed to
+    /// learn; its retrieval at L is a property of the method and enters the tests as it is.
+    TrainingFree,
 }
 
 /// Everything the report reads.
@@ -247,13 +263,13 @@ impl Study {
         !self
             .gate
             .iter()
-            .any(|g| &g.id == id && g.seed == seed && g.passed == Some(false))
+            .any(|g| &g.id == id && g.seed == seed && g.outcome == GateOutcome::Failed)
     }
 
     /// The adaptation gate: every fine-tuned (model, seed) must reach needle accuracy of at
     /// least the threshold at the pretrained length L and at its own fine-tuning length; the
     /// base must reach it at L (a solid base). Not checked where `needle` has no rows at the
-    /// length, or when the threshold is 0.
+    /// length, or when the threshold is 0; training-free models have no gate.
     fn compute_gate(&self) -> Vec<GateCheck> {
         let acc = self.needle_accuracy();
         let pre = self.pretrained_length.as_ref().map(|p| p.0);
@@ -272,29 +288,33 @@ impl Study {
                         .copied()
                 };
                 let at_pretrained = pre.and_then(at);
-                let at_finetune = match m.id.group {
-                    Group::Base => None,
-                    _ => m.ft_length.map(|l| (l, at(l))),
+                let base = m.id.group == Group::Base;
+                let at_finetune = match base {
+                    true => None,
+                    false => m.ft_length.map(|l| (l, at(l))),
                 };
                 let mut checks = vec![at_pretrained];
-                if m.id.group != Group::Base {
+                if !base {
                     checks.push(at_finetune.and_then(|f| f.1));
                 }
-                let passed = if self.gate_threshold <= 0.0 || checks.iter().any(|c| c.is_none()) {
-                    None
+                let outcome = if m.training_free && !base {
+                    GateOutcome::TrainingFree
+                } else if self.gate_threshold <= 0.0 || checks.iter().any(|c| c.is_none()) {
+                    GateOutcome::NotChecked
+                } else if checks
+                    .iter()
+                    .all(|c| c.is_some_and(|a| a >= self.gate_threshold))
+                {
+                    GateOutcome::Passed
                 } else {
-                    Some(
-                        checks
-                            .iter()
-                            .all(|c| c.is_some_and(|a| a >= self.gate_threshold)),
-                    )
+                    GateOutcome::Failed
                 };
                 out.push(GateCheck {
                     id: m.id.clone(),
                     seed,
                     at_pretrained,
                     at_finetune,
-                    passed,
+                    outcome,
                 });
             }
         }
@@ -354,6 +374,8 @@ impl Study {
                         stages: BTreeSet::new(),
                         ft_length: None,
                         ft_source: String::new(),
+                        // Until an instance says otherwise (below).
+                        training_free: self.lineage.has_needs(),
                         shared_with: None,
                     });
                     firsts.push((o.instance.to_string(), Vec::new()));
@@ -361,6 +383,9 @@ impl Study {
                 }
             };
             let m = &mut models[idx];
+            // Training-free only when every instance's lineage says so.
+            m.training_free &=
+                self.lineage.measures_trained_model(o.stage, o.instance) == Some(false);
             m.stages.insert(o.stage.to_string());
             if let Some(seed) = o.seed {
                 m.seeds.insert(seed);
@@ -397,11 +422,14 @@ impl Study {
         let pre = self.pretrained_length.as_ref().map(|p| p.0);
         for (m, (instance, matrix)) in models.iter_mut().zip(&firsts) {
             if m.id.group == Group::Method
+                && !m.training_free
                 && let Some(l) = opts.finetune_length
             {
                 m.ft_length = Some(l);
                 m.ft_source = "report option `finetune_length`".into();
             }
+            // A model with a training log was trained, whatever its lineage lacks.
+            m.training_free &= !train_len.contains_key(&m.id);
             if m.ft_length.is_none()
                 && m.id.group != Group::Base
                 && let Some(l) = train_len.get(&m.id)

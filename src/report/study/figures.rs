@@ -8,7 +8,7 @@ use super::data::{Metric, Study, cell};
 use super::options::{Group, ModelId};
 use super::stats::mean;
 use crate::report::plots::{
-    Heatmap, LineChart, Scale, Series, VLine, render_heatmap, render_line_chart,
+    Heatmap, LineChart, Scale, Series, VLine, render_heatmap, render_line_chart, token_count_label,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -119,6 +119,21 @@ impl<'a> Figures<'a> {
         let mut chart = LineChart::new(title, "context length (tokens)", y_label);
         chart.x_scale = Scale::Log2;
         chart.y_scale = y_scale;
+        // A tick at every measured length: a 12K point between the 8K and 16K powers of two
+        // would otherwise be drawn unlabeled.
+        let measured: BTreeSet<i64> = ids
+            .iter()
+            .filter_map(|id| metric.get(*id))
+            .flat_map(|by_len| by_len.keys().copied())
+            .collect();
+        if (2..=12).contains(&measured.len()) {
+            chart.x_ticks = Some(
+                measured
+                    .iter()
+                    .map(|&l| (l as f64, token_count_label(l as u64)))
+                    .collect(),
+            );
+        }
         for id in ids {
             let Some(by_len) = metric.get(*id) else {
                 continue;
@@ -218,6 +233,7 @@ impl<'a> Figures<'a> {
                 // Trials per cell (seeds pooled), so the pass rate's resolution is visible.
                 let counts: BTreeSet<i64> = cells.values().map(|c| c.1 as i64).collect();
                 let trials = match (counts.first(), counts.last()) {
+                    (Some(1), Some(1)) => "1 trial per cell".into(),
                     (Some(a), Some(b)) if a == b => format!("{a} trials per cell"),
                     (Some(a), Some(b)) => format!("{a}-{b} trials per cell"),
                     _ => String::new(),

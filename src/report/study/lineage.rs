@@ -168,6 +168,28 @@ impl Lineage {
             .collect()
     }
 
+    /// Whether the model an instance measures was trained in this run: its `model` chain (a
+    /// `rope` instance's model, that model's model, ...) reaches an instance built from `data`
+    /// (a train instance). `Some(false)` for a training-free model: an imported checkpoint,
+    /// possibly with its RoPE changed. `None` without recorded needs.
+    pub fn measures_trained_model(&self, stage: &str, instance: &str) -> Option<bool> {
+        let by_key = self.by_key();
+        let mut key = self.model_key(stage, instance)?;
+        // A chain longer than the run has instances would be a cycle: no answer.
+        for _ in 0..=self.runs.len() {
+            let needs = by_key.get(key.as_str())?.needs.as_ref()?;
+            if needs.contains_key("data") {
+                return Some(true);
+            }
+            match needs.get("model") {
+                Some(keys) if keys.len() == 1 => key = keys[0].clone(),
+                Some(_) => return None,
+                None => return Some(false),
+            }
+        }
+        None
+    }
+
     /// The `init` (base) key of the model an instance measures, when recorded.
     pub fn init_of(&self, stage: &str, instance: &str) -> Option<String> {
         let model = self.model_key(stage, instance)?;
@@ -236,6 +258,31 @@ mod tests {
             Some("b1")
         );
         assert_eq!(l.init_of("needle_base", "needle_base@seed-1"), None);
+        assert_eq!(
+            l.measures_trained_model("needle", "needle@seed-1,ntk4"),
+            Some(true)
+        );
+        // An imported checkpoint with its RoPE changed: measured, never trained here.
+        for (s, i, r) in [
+            ("import", "import", info("m", &[])),
+            ("ext", "ext@pi-x2", info("x", &[("model", &["m"])])),
+            (
+                "ppl",
+                "ppl@pi-x2",
+                info("p", &[("data", &["d"]), ("model", &["x"])]),
+            ),
+            // A RoPE change of a model trained here is a trained model.
+            ("ext2", "ext2@yarn", info("y", &[("model", &["e1"])])),
+            (
+                "ppl2",
+                "ppl2@yarn",
+                info("q", &[("data", &["d"]), ("model", &["y"])]),
+            ),
+        ] {
+            l.runs.insert((s.into(), i.into()), r);
+        }
+        assert_eq!(l.measures_trained_model("ppl", "ppl@pi-x2"), Some(false));
+        assert_eq!(l.measures_trained_model("ppl2", "ppl2@yarn"), Some(true));
         assert_eq!(l.key("needle", "needle@seed-1,ntk4"), Some("n1"));
         assert_eq!(
             l.instances_with_key("e1"),
