@@ -27,7 +27,8 @@ impl StageKind for Report {
     // 2: publishes `model_config.parquet` for the frequency view; effective length.
     // 3: publishes `warnings.parquet` and shows the gathered instances' warnings.
     // 4: training-free models (lineage) labelled and not gated; a tick at each measured length.
-    const VERSION: u32 = 4;
+    // 5: the heatmaps' dashed line is mentioned only where a model has a fine-tuning length.
+    const VERSION: u32 = 5;
     type Params = ReportOptions;
 
     fn needs() -> Needs {
