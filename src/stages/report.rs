@@ -105,10 +105,10 @@ impl StageKind for Report {
 }
 
 /// Writes `runs.parquet` beside the gathered tables with the lineage of the gathered instances
-/// and their ancestors (each one's cache key and the keys of its needs, as the runner hands them over), so that the
-/// report follows keys, not names, inside a run too: the runner writes its own `runs.parquet`
-/// only after every stage, this one included. Every gathered instance is a committed entry,
-/// hence `cached`; times are not known here and stay empty.
+/// and their ancestors (each one's cache key and the keys of its needs, as the runner hands
+/// them over), so that the report follows keys, not names, inside a run too: the runner writes
+/// its own `runs.parquet` only after every stage, this one included. Every such instance is a
+/// committed entry, hence `cached`; times are not known here and stay empty.
 fn write_lineage(tables: &Path, upstreams: &[&Upstream]) -> anyhow::Result<()> {
     let rows: Vec<(InstanceInfo, RunRow)> = upstreams
         .iter()
