@@ -15,6 +15,10 @@
 # scontrol within about 70 s and the executor's `sacct -c` fallback can be tested. A cluster
 # already up with another configuration is given this one (`scontrol reconfigure`, which keeps
 # running jobs).
+#
+# Two partitions over the one node: `debug` (the default) and `urgent`, of a higher priority tier,
+# whose jobs preempt those of `debug` (PreemptType=preempt/partition_prio, PreemptMode=CANCEL:
+# the preempted job ends PREEMPTED, as scontrol, squeue and the jobcomp file report it).
 set -uo pipefail
 
 STATE=/var/spool/ropelens-slurm
@@ -44,9 +48,20 @@ node_up() {
 }
 
 MIN_JOB_AGE=10
+PREEMPT_TYPE=preempt/partition_prio
+# A second partition over the same node whose jobs preempt (cancel) those of `debug`, so that a
+# test can make Slurm end a job PREEMPTED.
+URGENT=urgent
 
-min_job_age() {
-    timeout 5 scontrol show config 2>/dev/null | awk '$1 == "MinJobAge" { print $3 }'
+config_value() {
+    timeout 5 scontrol show config 2>/dev/null | awk -v k="$1" '$1 == k { print $3 }'
+}
+
+# Whether the running cluster has this script's configuration (an older one lacks some of it).
+configured() {
+    [ "$(config_value MinJobAge)" = "$MIN_JOB_AGE" ] &&
+        [ "$(config_value PreemptType)" = "$PREEMPT_TYPE" ] &&
+        timeout 5 sinfo -h -p "$URGENT" -o %P 2>/dev/null | grep -q "^$URGENT"
 }
 
 # The configuration, written from the running slurmd's view of this machine.
@@ -88,8 +103,11 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=/var/log/slurm/jobcomp.log
 GresTypes=gpu
+PreemptType=$PREEMPT_TYPE
+PreemptMode=CANCEL
 $node_line
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=$URGENT Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2
 CONF
     cat >"$CONF_DIR/gres.conf" <<CONF
 AutoDetect=off
@@ -98,18 +116,18 @@ CONF
 }
 
 if node_up; then
-    if [ "$(min_job_age)" != "$MIN_JOB_AGE" ]; then
-        [ "$(id -u)" = 0 ] || unavailable "needs root to reconfigure Slurm (MinJobAge $(min_job_age), wanted $MIN_JOB_AGE)"
+    if ! configured; then
+        [ "$(id -u)" = 0 ] || unavailable "needs root to reconfigure Slurm (MinJobAge $(config_value MinJobAge), PreemptType $(config_value PreemptType))"
         write_conf
         scontrol reconfigure || unavailable "scontrol reconfigure failed"
         for _ in $(seq 1 20); do
-            [ "$(min_job_age)" = "$MIN_JOB_AGE" ] && break
+            configured && break
             sleep 0.5
         done
-        [ "$(min_job_age)" = "$MIN_JOB_AGE" ] || unavailable "MinJobAge is still $(min_job_age) after reconfigure"
-        echo "slurm-up: reconfigured (MinJobAge $MIN_JOB_AGE)"
+        configured || unavailable "the configuration did not take after reconfigure (MinJobAge $(config_value MinJobAge), PreemptType $(config_value PreemptType))"
+        echo "slurm-up: reconfigured (MinJobAge $MIN_JOB_AGE, partition $URGENT preempting debug)"
     fi
-    echo "slurm-up: already up ($(sinfo -h -o '%N %T %G'))"
+    echo "slurm-up: already up ($(sinfo -h -o '%P %N %T %G' | tr '\n' ' '))"
     exit 0
 fi
 [ "$(id -u)" = 0 ] || unavailable "needs root to install and start Slurm"

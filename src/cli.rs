@@ -270,12 +270,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let executor = executor.unwrap_or(plan.pipeline.header.executor);
-            let jobs = jobs.unwrap_or_else(|| match executor {
-                ExecutorName::Local => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                // How many jobs to keep submitted; Slurm decides where and when they run.
-                ExecutorName::Slurm => 1000,
-            });
-            let mut exec = executors::make(executor, &ExecutorOptions { jobs }, &cache)?;
+            let jobs = jobs.unwrap_or_else(|| executor.default_jobs());
+            let mut exec = executor.make(&ExecutorOptions { jobs }, &cache)?;
             let summary = pipeline::run(
                 &plan,
                 &cache,
@@ -307,9 +303,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                 .filter(|&i| plan.included[i] && plan.status[i].builds())
                 .map(|i| plan.key(i))
                 .collect();
-            for (key, h) in executors::slurm::live_jobs(&cache, &keys) {
+            for (key, h) in executors::live_jobs(&cache, &keys) {
                 if let Some(r) = plan.records.iter().find(|r| r.key == key) {
-                    println!("slurm job {} {} {}", h.job_id, h.state, r.instance);
+                    println!("{} job {} {} {}", h.executor, h.job_id, h.state, r.instance);
                 }
             }
             Ok(())
@@ -609,12 +605,12 @@ fn cache_command(command: CacheCommand) -> Result<()> {
             dry_run,
         } => {
             let referenced = pipeline::referenced_keys(&files, &sets, &cache)?;
-            // The build of a live Slurm job stays whoever submitted it: a job whose submitter
-            // died holds no lock here, and the next run re-attaches to it.
+            // The build of a live (e.g. Slurm) job stays whoever submitted it: a job whose
+            // submitter died holds no lock here, and the next run re-attaches to it.
             let partials: Vec<String> = cache.partials().into_iter().map(|(k, ..)| k).collect();
             let partials: Vec<&str> = partials.iter().map(String::as_str).collect();
             let mut keep = referenced.clone();
-            keep.extend(executors::slurm::live_jobs(&cache, &partials).into_keys());
+            keep.extend(executors::live_jobs(&cache, &partials).into_keys());
             let removed = cache.gc(&keep, dry_run)?;
             let verb = if dry_run { "would remove" } else { "removed" };
             let mut total = 0;

@@ -12,9 +12,9 @@ pub trait Progress: Send + Sync {
     fn advance(&self, steps: u64);
     /// A short status shown next to the bar, e.g. "loss 3.21 · 12.4k tok/s".
     fn message(&self, text: &str);
-    /// A line that must not be missed (a `WARNING:`): printed on its own, where a
-    /// [`message`](Progress::message) would be replaced by the next status. By default, a
-    /// status.
+    /// A line that must not be missed (a `WARNING:`, a Slurm job resubmitted): printed on its
+    /// own, also with `--quiet`, where a [`message`](Progress::message) would be replaced by the
+    /// next status. By default, a status.
     fn warn(&self, text: &str) {
         self.message(text);
     }

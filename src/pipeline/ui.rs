@@ -32,18 +32,7 @@ impl Ui {
         let mode = if quiet {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let overall = multi.add(ProgressBar::new(total as u64));
-            overall.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>12.bold} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            overall.set_prefix("pipeline");
-            overall.enable_steady_tick(Duration::from_millis(200));
-            Mode::Bars { multi, overall }
+            Ui::bars(total, ProgressDrawTarget::stderr())
         } else {
             Mode::Log
         };
@@ -52,6 +41,22 @@ impl Ui {
             total: total as u64,
             done: Mutex::new(0),
         }
+    }
+
+    /// Bars drawn to `target`: an overall bar under the instances' bars.
+    fn bars(total: usize, target: ProgressDrawTarget) -> Mode {
+        let multi = MultiProgress::with_draw_target(target);
+        let overall = multi.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12.bold} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        overall.set_prefix("pipeline");
+        overall.enable_steady_tick(Duration::from_millis(200));
+        Mode::Bars { multi, overall }
     }
 
     /// A line above the bars (or on stderr).
@@ -90,7 +95,7 @@ impl Ui {
                     pos: 0,
                     last: Instant::now(),
                     last_pct: 0,
-                    note: String::new(),
+                    message: String::new(),
                 }))
             }
             Mode::Quiet => Inner::Quiet,
@@ -138,7 +143,7 @@ struct LogState {
     last: Instant,
     last_pct: u64,
     /// The latest `message`, shown with the next progress line.
-    note: String,
+    message: String,
 }
 
 enum Inner {
@@ -191,13 +196,13 @@ impl Progress for InstanceProgress {
                 {
                     s.last_pct = pct - pct % 10;
                     s.last = Instant::now();
-                    let note = if s.note.is_empty() {
+                    let message = if s.message.is_empty() {
                         String::new()
                     } else {
-                        format!(" · {}", s.note)
+                        format!(" · {}", s.message)
                     };
                     eprintln!(
-                        "  {}: {} {}/{} ({pct}%){note}",
+                        "  {}: {} {}/{} ({pct}%){message}",
                         self.instance, s.phase, s.pos, s.total
                     );
                 }
@@ -210,7 +215,7 @@ impl Progress for InstanceProgress {
         match self.inner.as_ref() {
             Inner::Bar(bar) => bar.set_message(text.to_string()),
             Inner::Log(state) => {
-                state.lock().unwrap_or_else(|e| e.into_inner()).note = text.to_string();
+                state.lock().unwrap_or_else(|e| e.into_inner()).message = text.to_string();
             }
             Inner::Quiet => {}
         }
@@ -226,13 +231,143 @@ impl Progress for InstanceProgress {
     }
 }
 
-impl InstanceProgress {
-    /// A message that must not be missed (e.g. waiting for a lock): a line in log mode.
-    pub fn note(&self, text: &str) {
-        match self.inner.as_ref() {
-            Inner::Bar(bar) => bar.set_message(text.to_string()),
-            Inner::Log(_) => eprintln!("  {}: {text}", self.instance),
-            Inner::Quiet => {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Enough of a terminal for indicatif's drawing: rows of text and a cursor; a line written
+    /// to the full width leaves the cursor past its end until the next write or move.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(Arc<Mutex<Cells>>);
+
+    #[derive(Debug, Default)]
+    struct Cells {
+        rows: Vec<Vec<char>>,
+        row: usize,
+        col: usize,
+    }
+
+    const WIDTH: usize = 100;
+
+    impl Screen {
+        fn put(&self, text: &str) {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let Cells { rows, row, col } = &mut *s;
+            for c in text.chars() {
+                if c == '\r' {
+                    *col = 0;
+                    continue;
+                }
+                if *col >= WIDTH {
+                    *row += 1;
+                    *col = 0;
+                }
+                if rows.len() <= *row {
+                    rows.resize(*row + 1, Vec::new());
+                }
+                let line = &mut rows[*row];
+                if line.len() <= *col {
+                    line.resize(*col + 1, ' ');
+                }
+                line[*col] = c;
+                *col += 1;
+            }
         }
+
+        fn moved(&self, down: isize, right: isize) {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.row = s.row.saturating_add_signed(down);
+            s.col = s.col.saturating_add_signed(right).min(WIDTH);
+        }
+
+        /// The screen's rows, trailing blanks removed.
+        fn rows(&self) -> Vec<String> {
+            let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.rows
+                .iter()
+                .map(|r| r.iter().collect::<String>().trim_end().to_string())
+                .collect()
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            WIDTH as u16
+        }
+        fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+            self.moved(-(n as isize), 0);
+            Ok(())
+        }
+        fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+            self.moved(n as isize, 0);
+            Ok(())
+        }
+        fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+            self.moved(0, n as isize);
+            Ok(())
+        }
+        fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+            self.moved(0, -(n as isize));
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.put(s);
+            self.moved(1, 0);
+            self.put("\r");
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.put(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let row = s.row;
+            if let Some(line) = s.rows.get_mut(row) {
+                line.clear();
+            }
+            s.col = 0;
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_warning_stays_on_the_screen_above_the_bars_while_the_status_changes() {
+        let screen = Screen::default();
+        let target = ProgressDrawTarget::term_like_with_hz(Box::new(screen.clone()), 100);
+        let ui = Ui {
+            mode: Ui::bars(1, target),
+            total: 1,
+            done: Mutex::new(0),
+        };
+        let p = ui.start("base");
+        let pause = || std::thread::sleep(Duration::from_millis(30));
+        p.start("train", 10);
+        pause();
+        p.warn("job 7 ended NODE_FAIL; resubmitted as job 8 (attempt 2 of 3)");
+        pause();
+        // Statuses that follow replace one another in the bar, not the warning.
+        for loss in ["loss 3.0", "loss 2.0", "loss 1.0"] {
+            p.message(loss);
+            p.advance(1);
+            pause();
+        }
+        let rows = screen.rows();
+        let warned = rows.iter().position(|r| {
+            r == "  base: job 7 ended NODE_FAIL; resubmitted as job 8 (attempt 2 of 3)"
+        });
+        let bar = rows
+            .iter()
+            .position(|r| r.contains("base") && r.contains("loss 1.0"));
+        assert!(
+            warned.is_some() && bar.is_some() && warned < bar,
+            "the warning is not a line above the bar:\n{}",
+            rows.join("\n")
+        );
+        assert!(!rows.iter().any(|r| r.contains("loss 2.0")), "{rows:?}");
+        ui.close();
     }
 }

@@ -589,12 +589,16 @@ fn needle_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: &m
         md.push_str(&spread_table(study, &entropy, &ids, 3, None));
         md.push('\n');
     }
+    // The dashed line is drawn only for a model with a fine-tuning length.
+    let dashed = match study.models.iter().any(|m| m.ft_length.is_some()) {
+        true => "; the dashed line follows the fine-tuning length",
+        false => "",
+    };
     let _ = writeln!(
         md,
         "Heatmaps: x = context length, y = needle depth (% of the haystack, 0 = farthest from \
          the question), colour = pass rate (viridis: dark purple 0, yellow 1; colour-blind safe), \
-         cell text = mean entropy (nats); \
-         the dashed line follows the fine-tuning length.\n"
+         cell text = mean entropy (nats){dashed}.\n"
     );
     for img in figs.needle_heatmaps(study) {
         md.push_str(&img);

@@ -27,7 +27,8 @@ impl StageKind for Report {
     // 2: publishes `model_config.parquet` for the frequency view; effective length.
     // 3: publishes `warnings.parquet` and shows the gathered instances' warnings.
     // 4: training-free models (lineage) labelled and not gated; a tick at each measured length.
-    const VERSION: u32 = 4;
+    // 5: the heatmaps' dashed line is mentioned only where a model has a fine-tuning length.
+    const VERSION: u32 = 5;
     type Params = ReportOptions;
 
     fn needs() -> Needs {
@@ -104,10 +105,10 @@ impl StageKind for Report {
 }
 
 /// Writes `runs.parquet` beside the gathered tables with the lineage of the gathered instances
-/// and their ancestors (each one's cache key and the keys of its needs, as the runner hands them over), so that the
-/// report follows keys, not names, inside a run too: the runner writes its own `runs.parquet`
-/// only after every stage, this one included. Every gathered instance is a committed entry,
-/// hence `cached`; times are not known here and stay empty.
+/// and their ancestors (each one's cache key and the keys of its needs, as the runner hands
+/// them over), so that the report follows keys, not names, inside a run too: the runner writes
+/// its own `runs.parquet` only after every stage, this one included. Every such instance is a
+/// committed entry, hence `cached`; times are not known here and stay empty.
 fn write_lineage(tables: &Path, upstreams: &[&Upstream]) -> anyhow::Result<()> {
     let rows: Vec<(InstanceInfo, RunRow)> = upstreams
         .iter()

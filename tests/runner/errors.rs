@@ -373,3 +373,30 @@ fn slurm_refuses_a_cache_the_nodes_cannot_see() {
     assert!(!bin.join("reached").exists());
     assert!(p.entries().is_empty());
 }
+
+/// An executor that does not exist is refused, naming the known ones, on the command line and
+/// in the pipeline file (with its line and key), before anything runs.
+#[test]
+fn an_unknown_executor_is_refused_naming_the_known_ones() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        &format!("{HEAD}[stages.a]\nkind = \"command\"\nargs = [\"true\"]\n"),
+    );
+    let err = p.fail(&["run", "p.toml", "--executor", "pbs"]);
+    assert!(
+        err.contains("invalid value 'pbs' for '--executor <EXECUTOR>'")
+            && err.contains("[possible values: local, slurm]"),
+        "{err}"
+    );
+    let err = error(
+        &format!("{HEAD}executor = \"pbs\"\n[stages.a]\nkind = \"command\"\nargs = [\"true\"]\n"),
+        3,
+        "pipeline.executor",
+    );
+    assert!(
+        err.contains("unknown variant `pbs`, expected `local` or `slurm`"),
+        "{err}"
+    );
+    assert!(p.entries().is_empty());
+}

@@ -475,3 +475,50 @@ fn a_gather_too_large_for_the_environment_passes_through_a_file() {
         "the need list was committed"
     );
 }
+
+/// A job carries every instance it depends on, transitively, each with its key and its needs'
+/// keys: the lineage the report stage publishes (it tells a training-free model from a trained
+/// one by the chain of `model` needs, which the gathered instances alone do not hold).
+#[test]
+fn a_job_carries_its_whole_lineage() {
+    use ropelens::pipeline::{cache::Cache, exec::Selection};
+    let p = Project::new();
+    let stage = |name: &str, needs: &str| {
+        format!("[stages.{name}]\nkind = \"command\"\n{needs}args = [\"true\"]\n")
+    };
+    p.write(
+        "p.toml",
+        &format!(
+            "{HEAD}{}{}{}{}",
+            stage("a", ""),
+            stage("b", "needs = { up = \"a\" }\n"),
+            stage("c", "needs = { up = \"b\" }\n"),
+            stage("other", ""),
+        ),
+    );
+    let cache = Cache {
+        root: p.path().join("cache"),
+    };
+    let plan =
+        ropelens::pipeline::plan(&p.path().join("p.toml"), &[], &cache, &Selection::default())
+            .unwrap();
+    let index = |name: &str| {
+        plan.graph
+            .instances
+            .iter()
+            .position(|inst| inst.name == name)
+            .unwrap()
+    };
+    let job = plan.job(index("c"), &cache, p.path().join("out"));
+    let mut names: Vec<&str> = job.ancestors.iter().map(|u| u.instance.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    let b = job.ancestors.iter().find(|u| u.instance == "b").unwrap();
+    assert_eq!(b.key, plan.key(index("b")));
+    assert_eq!(b.inputs["up"], [plan.key(index("a")).to_string()]);
+    assert!(
+        plan.job(index("a"), &cache, p.path().join("out"))
+            .ancestors
+            .is_empty()
+    );
+}

@@ -10,16 +10,51 @@ use std::time::{Duration, Instant};
 
 use super::{Project, output_text};
 
-/// The one test cluster: tests share it, except one that needs it idle (two GPU jobs must find
-/// both GPUs and the CPUs free, which the shrunk quickstart's jobs would hold).
+/// The one test cluster: tests share it, except those that need it idle (two GPU jobs must find
+/// both GPUs and the CPUs free, which the shrunk quickstart's jobs would hold) or that disturb
+/// it (a node taken down, a preempting job), which would end every other test's jobs.
 static CLUSTER: RwLock<()> = RwLock::new(());
 
-fn shared_cluster() -> RwLockReadGuard<'static, ()> {
-    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
+/// The cluster is also shared with the test runs of other checkouts on this machine: the same
+/// lock, between processes (`flock` on this file: shared or exclusive).
+const CLUSTER_LOCK_FILE: &str = "/tmp/ropelens-slurm-tests.lock";
+
+/// A hold on the test cluster, in this process (`G`, a guard of [`CLUSTER`]) and between
+/// processes (the locked file), released when dropped.
+struct ClusterGuard<G> {
+    _here: G,
+    _between: Option<std::fs::File>,
 }
 
-fn idle_cluster() -> RwLockWriteGuard<'static, ()> {
-    CLUSTER.write().unwrap_or_else(|e| e.into_inner())
+/// The lock file, locked shared or exclusive; `None` where it cannot be opened (then only this
+/// process's tests are ordered).
+fn lock_between_processes(exclusive: bool) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(CLUSTER_LOCK_FILE)
+        .ok()?;
+    let locked = if exclusive {
+        file.lock()
+    } else {
+        file.lock_shared()
+    };
+    locked.ok().map(|()| file)
+}
+
+fn shared_cluster() -> ClusterGuard<RwLockReadGuard<'static, ()>> {
+    ClusterGuard {
+        _here: CLUSTER.read().unwrap_or_else(|e| e.into_inner()),
+        _between: lock_between_processes(false),
+    }
+}
+
+fn idle_cluster() -> ClusterGuard<RwLockWriteGuard<'static, ()>> {
+    ClusterGuard {
+        _here: CLUSTER.write().unwrap_or_else(|e| e.into_inner()),
+        _between: lock_between_processes(true),
+    }
 }
 
 /// Whether a Slurm node with two GPUs is idle or busy here; prints why not.
@@ -453,33 +488,253 @@ fn slurm_time_limit_kills_a_train_instance_that_resumes_with_identical_weights_a
             .any(|l| l.contains("base: train (0/400)")),
         "no progress from the resubmitted job:\n{text}"
     );
-    let base = std::fs::read_to_string(p.cache().join("instances").join(&name).join("base.json"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (from, summary) = assert_same_training(&local, &p, &name);
+    // Resumed, not restarted. Usually from the warned checkpoint mid-run; but slurmctld checks
+    // time limits only every 30 s, so a job may outlive its minute by that much, finish its
+    // 400 steps and be killed while writing its outputs: then the kept final checkpoint (step
+    // 400) is the one resumed from, which is also right.
+    assert!(from.is_some_and(|s| s > 0 && s <= 400), "{summary}\n{text}");
+}
+
+/// Checks that the `base` train instance of pipeline `name` in `remote` (a run that was
+/// interrupted and resumed) ended with the weights and logs of the one in `local` (a run left
+/// alone); returns the step it resumed from (`resumed_from`) and its `train.json`.
+fn assert_same_training(
+    local: &Project,
+    remote: &Project,
+    name: &str,
+) -> (Option<u64>, serde_json::Value) {
+    let base = std::fs::read_to_string(
+        remote
+            .cache()
+            .join("instances")
+            .join(name)
+            .join("base.json"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let key: serde_json::Value = serde_json::from_str(&base).unwrap_or_else(|e| panic!("{e}"));
     let key = key["key"].as_str().unwrap_or_default().to_string();
     let read = |p: &Project, f: &str| {
         std::fs::read(p.cache().join(&key).join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))
     };
     let summary: serde_json::Value =
-        serde_json::from_slice(&read(&p, "train.json")).unwrap_or_else(|e| panic!("{e}"));
-    // Resumed, not restarted. Usually from the warned checkpoint mid-run; but slurmctld checks
-    // time limits only every 30 s, so a job may outlive its minute by that much, finish its
-    // 400 steps and be killed while writing its outputs: then the kept final checkpoint (step
-    // 400) is the one resumed from, which is also right.
-    let from = summary["resumed_from"].as_u64();
-    assert!(from.is_some_and(|s| s > 0 && s <= 400), "{summary}\n{text}");
+        serde_json::from_slice(&read(remote, "train.json")).unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        read(&p, "model.safetensors") == read(&local, "model.safetensors"),
+        read(remote, "model.safetensors") == read(local, "model.safetensors"),
         "the resumed weights differ from the uninterrupted run's"
     );
     for table in ["train_log.parquet", "val_log.parquet"] {
-        let at = |p: &Project| p.path().join("results").join(&name).join(table);
+        let at = |p: &Project| p.path().join("results").join(name).join(table);
         assert_eq!(
-            super::comparable(&at(&local)),
-            super::comparable(&at(&p)),
+            super::comparable(&at(local)),
+            super::comparable(&at(remote)),
             "{table}"
         );
     }
+    (summary["resumed_from"].as_u64(), summary)
+}
+
+/// SLOW_TRAIN without its time limit and with a checkpoint every 20 of 120 steps: a train job
+/// that a test disturbs once it has checkpointed (slowed by the `train-step` failpoint to about
+/// 100 ms a step, so that it is still training then).
+fn checkpointed_train() -> String {
+    let text = SLOW_TRAIN
+        .replace("resources = { time = \"1\" }\n", "")
+        .replace("steps = 400,", "steps = 120,")
+        .replace("checkpoint_every = 0,", "checkpoint_every = 20,");
+    for (gone, there) in [
+        ("time = ", "steps = 120,"),
+        ("time = ", "checkpoint_every = 20,"),
+    ] {
+        assert!(!text.contains(gone) && text.contains(there), "{text}");
+    }
+    text
+}
+
+/// The latest checkpoint step in any build directory of `p`'s cache.
+fn latest_checkpoint(p: &Project) -> Option<u64> {
+    p.partials()
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(d.join("checkpoints"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("step-")?.parse().ok()
+        })
+        .max()
+}
+
+/// The one node of the test cluster.
+fn the_node() -> String {
+    let out = Command::new("sinfo")
+        .args(["-h", "-N", "-o", "%N"])
+        .output()
+        .unwrap_or_else(|e| panic!("sinfo: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("sinfo lists no node"))
+        .to_string()
+}
+
+/// `scontrol ARGS`; its output, and whether it succeeded.
+fn scontrol(args: &[&str]) -> (bool, String) {
+    let out = Command::new("scontrol")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("scontrol: {e}"));
+    (out.status.success(), output_text(&out))
+}
+
+/// A node taken down by a test, brought back when dropped (also when the test fails first).
+/// The test cluster's `ReturnToService=2` may already have returned it when its slurmd
+/// re-registered; then `state=resume` is refused, which is fine.
+struct NodeDown(String);
+
+impl NodeDown {
+    fn take(node: &str) -> NodeDown {
+        let (ok, text) = scontrol(&[
+            "update",
+            &format!("nodename={node}"),
+            "state=down",
+            "reason=ropelens test",
+        ]);
+        assert!(ok, "scontrol update state=down: {text}");
+        NodeDown(node.to_string())
+    }
+}
+
+impl Drop for NodeDown {
+    fn drop(&mut self) {
+        let down = || {
+            Command::new("sinfo")
+                .args(["-h", "-n", &self.0, "-o", "%T"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("down"))
+        };
+        if down() {
+            let _ = scontrol(&["update", &format!("nodename={}", self.0), "state=resume"]);
+        }
+    }
+}
+
+/// The id of the job the scheduler last submitted for the instance being built in `p`.
+fn submitted_job(p: &Project) -> Option<String> {
+    std::fs::read_dir(p.cache().join("jobs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("submitted.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .find_map(|v| v["job_id"].as_str().map(str::to_string))
+}
+
+/// Runs the checkpointed train through Slurm and, once its job has written a checkpoint,
+/// `disturb`s the cluster, which must end that job with Slurm state `state` (as squeue, scontrol
+/// or sacct report it); what `disturb` returns is dropped then (to undo the disturbance). The
+/// run must submit the instance again and end with the weights and logs of an uninterrupted
+/// local run, the new job resuming from a checkpoint at least as late as the one seen before the
+/// disturbance.
+fn disturbed_train_resumes<T>(test: &str, name: &str, state: &str, disturb: impl FnOnce() -> T) {
+    let Some((p, name)) = slurm_project(test, name, &checkpointed_train()) else {
+        return;
+    };
+    let local = Project::new();
+    local.write(
+        "p.toml",
+        &format!("[pipeline]\nname = \"{name}\"\n{}", checkpointed_train()),
+    );
+    local.ok(&["run", "p.toml"]);
+    let child = slurm_cmd(&p, &["run", "p.toml"])
+        .env("PIPE_FAILPOINT", "train-step:sleep=100")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Only the train instance checkpoints; the data job has ended by then.
+    wait_for(
+        "the train job's first checkpoint",
+        Duration::from_secs(120),
+        || latest_checkpoint(&p).is_some(),
+    );
+    let seen = latest_checkpoint(&p).unwrap_or_default();
+    let job = submitted_job(&p).unwrap_or_else(|| panic!("no submitted.json"));
+    let undo = disturb();
+    let slurm_state = || {
+        ropelens::pipeline::executor::slurm::job_states(std::slice::from_ref(&job))
+            .get(&job)
+            .map(|s| s.state.clone())
+    };
+    wait_for(
+        &format!("job {job} to end"),
+        Duration::from_secs(30),
+        || slurm_state().is_some_and(|s| s.ended()),
+    );
+    let ended = slurm_state().map(|s| s.name().to_string());
+    assert_eq!(ended.as_deref(), Some(state), "how Slurm ended job {job}");
+    drop(undo);
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("job {job} ended {state}; resubmitted as job")),
+        "{text}"
+    );
+    assert_eq!(local.entries(), p.entries(), "{text}");
+    let (from, summary) = assert_same_training(&local, &p, &name);
+    // Resumed from the checkpoint seen (or a later one written before the job was ended), not
+    // restarted and not from the final one: the disturbance came with about 100 steps to go.
+    assert!(
+        from.is_some_and(|s| s >= seen && s < 120 && s % 20 == 0),
+        "resumed_from {from:?}, checkpoint step {seen} seen before the disturbance\n{summary}\n{text}"
+    );
+}
+
+#[test]
+fn slurm_node_failure_resubmits_a_train_instance_that_resumes() {
+    // Taking the node down ends every job on it: no other test may have one there.
+    let _cluster = idle_cluster();
+    disturbed_train_resumes(
+        "slurm_node_failure_resubmits_a_train_instance_that_resumes",
+        "nodefail",
+        "NODE_FAIL",
+        // Brought back once the job is seen ended, so that the resubmitted job finds a node.
+        || NodeDown::take(&the_node()),
+    );
+}
+
+#[test]
+fn slurm_preemption_resubmits_a_train_instance_that_resumes() {
+    // The blocker takes the whole node: no other test may have a job there.
+    let _cluster = idle_cluster();
+    let logs = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    disturbed_train_resumes(
+        "slurm_preemption_resubmits_a_train_instance_that_resumes",
+        "preempt",
+        "PREEMPTED",
+        || {
+            // A job of the partition with the higher priority tier (scripts/slurm-up.sh) that
+            // asks for the whole node preempts (cancels) the train job. It is cancelled once
+            // the train job is seen ended, so that the resubmitted one finds the node free.
+            let out = Command::new("sbatch")
+                .args([
+                    "--parsable",
+                    "--partition=urgent",
+                    "--exclusive",
+                    "--job-name=pipe-preempt-blocker",
+                ])
+                .arg(format!("--output={}/slurm-%j.out", logs.path().display()))
+                .arg("--wrap=sleep 300")
+                .output()
+                .unwrap_or_else(|e| panic!("sbatch: {e}"));
+            assert!(out.status.success(), "{}", output_text(&out));
+            Cancelled(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        },
+    );
 }
 
 /// `sbatch --parsable` of a one-line script; the job's id.

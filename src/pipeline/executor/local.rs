@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::{Ended, Executor};
+use super::{Ended, Executor, ExecutorKind, ExecutorOptions};
+use crate::pipeline::cache::Cache;
 use crate::pipeline::job::{Failure, Job};
 use crate::pipeline::ui::InstanceProgress;
 use crate::stages::Resources;
@@ -66,6 +67,16 @@ impl LocalExecutor {
     /// alone instead of never.
     fn slots(&self, r: &Resources) -> (u32, u32) {
         (r.cpus.clamp(1, self.cpus), r.gpus.min(self.gpus))
+    }
+}
+
+impl ExecutorKind for LocalExecutor {
+    fn default_jobs() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    fn create(opts: &ExecutorOptions, _cache: &Cache) -> crate::error::Result<LocalExecutor> {
+        Ok(LocalExecutor::new(opts.jobs, gpu_count()))
     }
 }
 

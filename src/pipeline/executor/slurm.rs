@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Ended, Executor, ExecutorOptions, Handle};
+use super::{Ended, Executor, ExecutorKind, ExecutorName, ExecutorOptions, Handle};
 use crate::error::{Error, Result};
 use crate::pipeline::cache::Cache;
 use crate::pipeline::job::{Failure, Job};
@@ -340,6 +340,11 @@ impl SlurmExecutor {
             format!("--job-name={name}"),
             format!("--output={}", dir.join("slurm-%j.out").display()),
             format!("--chdir={}", job.pipeline_dir.display()),
+            // Slurm must not requeue the job itself (JobRequeue=1, PreemptMode=REQUEUE): under
+            // the same id it would hide NODE_FAIL or PREEMPTED from the poll, run again into a
+            // build directory a non-resumable kind must start afresh, and bypass
+            // PIPE_SLURM_RETRIES. The scheduler resubmits those endings itself.
+            "--no-requeue".to_string(),
         ];
         if job.resumable {
             // A resumable kind gets notice before its time limit (SIGUSR1, a minute unless
@@ -415,7 +420,7 @@ impl SlurmExecutor {
             if found.state != w.state {
                 w.state = found.state.clone();
                 if !found.state.ended() {
-                    w.progress.note(&format!(
+                    w.progress.warn(&format!(
                         "job {} {}",
                         w.job_id,
                         found.state.name().to_lowercase()
@@ -459,7 +464,7 @@ impl SlurmExecutor {
             };
             match restarted {
                 Ok((new_id, _)) => {
-                    w.progress.note(&format!(
+                    w.progress.warn(&format!(
                         "job {old} ended {state}; resubmitted as job {new_id} (attempt {attempt} of {})",
                         self.retries + 1
                     ));
@@ -611,8 +616,8 @@ fn live_submission(cache: &Cache, key: &str) -> Option<Submitted> {
     (!state.state.ended()).then_some(s)
 }
 
-/// The live Slurm jobs of `keys` (for `pipe status`): one batched squeue.
-pub fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
+/// The live Slurm jobs of `keys` (for `pipe status` and `cache gc`): one batched squeue.
+fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
     let submitted: Vec<(String, Submitted)> = keys
         .iter()
         .filter_map(|k| {
@@ -633,6 +638,7 @@ pub fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
                 (
                     k,
                     Handle {
+                        executor: ExecutorName::Slurm,
                         job_id: s.job_id,
                         state: st.state.name().to_string(),
                     },
@@ -640,6 +646,21 @@ pub fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
             })
         })
         .collect()
+}
+
+impl ExecutorKind for SlurmExecutor {
+    fn default_jobs() -> usize {
+        // How many jobs to keep submitted; Slurm decides where and when they run.
+        1000
+    }
+
+    fn create(opts: &ExecutorOptions, cache: &Cache) -> Result<SlurmExecutor> {
+        SlurmExecutor::new(opts, cache)
+    }
+
+    fn live_jobs(cache: &Cache, keys: &[&str]) -> BTreeMap<String, Handle> {
+        live_jobs(cache, keys)
+    }
 }
 
 impl Executor for SlurmExecutor {
@@ -651,11 +672,11 @@ impl Executor for SlurmExecutor {
     fn submit(&mut self, id: usize, job: &Job, progress: InstanceProgress) -> Result<(), Failure> {
         let (job_id, attached) = self.start(job, 1)?;
         if attached {
-            progress.note(&format!(
+            progress.warn(&format!(
                 "re-attached to job {job_id}, still running from an earlier pipe run"
             ));
         } else {
-            progress.note(&format!("submitted as job {job_id}"));
+            progress.warn(&format!("submitted as job {job_id}"));
         }
         // A re-attached job's progress so far is shown from the start of its file.
         self.jobs.insert(

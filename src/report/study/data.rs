@@ -289,9 +289,10 @@ impl Study {
                 };
                 let at_pretrained = pre.and_then(at);
                 let base = m.id.group == Group::Base;
-                let at_finetune = match base {
-                    true => None,
-                    false => m.ft_length.map(|l| (l, at(l))),
+                let at_finetune = if base {
+                    None
+                } else {
+                    m.ft_length.map(|l| (l, at(l)))
                 };
                 let mut checks = vec![at_pretrained];
                 if !base {

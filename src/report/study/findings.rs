@@ -853,13 +853,13 @@ fn trials(study: &Study, gate: bool) -> (Vec<Trial>, usize) {
     (out, duplicates.len())
 }
 
-/// Stratified AUROC of `trials` (strata: instance, task, length; clusters: + depth).
 /// The stratum of a trial: pairs for the AUROC are formed only inside one (instance, seed,
 /// task, length).
 fn stratum(t: &&Trial) -> u64 {
     hash_of((&t.id, t.seed, &t.task, t.length))
 }
 
+/// Stratified AUROC of `trials` (strata: instance, task, length; clusters: + depth).
 fn trial_auroc(trials: &[&Trial], opts: &ReportOptions) -> Option<ClusterEstimate> {
     let scores: Vec<f64> = trials.iter().map(|t| t.entropy).collect();
     let fails: Vec<bool> = trials.iter().map(|t| t.failed).collect();
