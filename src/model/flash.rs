@@ -509,13 +509,13 @@ pub mod simd {
     /// `a * b + c`, fused where the caller is compiled with FMA (without it `mul_add` would be
     /// a library call).
     #[inline(always)]
-    fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    pub(crate) fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
         if FMA { a.mul_add(b, c) } else { a * b + c }
     }
 
     /// [`exp`], with fused multiply-adds when `FMA`.
     #[inline(always)]
-    fn exp_with<const FMA: bool>(x: f32) -> f32 {
+    pub(crate) fn exp_with<const FMA: bool>(x: f32) -> f32 {
         const LOG2E: f32 = std::f32::consts::LOG2_E;
         const C1: f32 = 0.693_359_4;
         const C2: f32 = -2.121_944_4e-4;
@@ -582,10 +582,10 @@ pub mod simd {
     }
 
     macro_rules! dispatch {
-        ($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        ($vis:vis $name:ident, $impl:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
             /// Runtime-dispatched (AVX-512, AVX2+FMA, baseline) version of the lane kernel.
             #[inline]
-            pub fn $name($($arg: $ty),*) -> $ret {
+            $vis fn $name($($arg: $ty),*) -> $ret {
                 #[cfg(target_arch = "x86_64")]
                 {
                     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
@@ -614,6 +614,9 @@ pub mod simd {
         };
     }
 
+    /// Other modules' lane kernels (`fn k<const FMA: bool>(..)`) are dispatched the same way.
+    pub(crate) use dispatch;
+
     /// `ln sum_j e^(x_j)`, overwriting `x` with `e^(x_j - max)`.
     #[inline(always)]
     fn logsumexp_impl<const FMA: bool>(x: &mut [f32]) -> f32 {
@@ -621,9 +624,9 @@ pub mod simd {
         m + exp_shifted_impl::<FMA>(x, m, false).0.ln()
     }
 
-    dispatch!(max, max_impl, (x: &[f32]) -> f32);
-    dispatch!(logsumexp, logsumexp_impl, (x: &mut [f32]) -> f32);
-    dispatch!(exp_shifted, exp_shifted_impl, (x: &mut [f32], shift: f32, with_px: bool) -> (f32, f32));
+    dispatch!(pub max, max_impl, (x: &[f32]) -> f32);
+    dispatch!(pub logsumexp, logsumexp_impl, (x: &mut [f32]) -> f32);
+    dispatch!(pub exp_shifted, exp_shifted_impl, (x: &mut [f32], shift: f32, with_px: bool) -> (f32, f32));
 }
 
 #[cfg(test)]

@@ -20,28 +20,18 @@
 
 use std::sync::Arc;
 
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
-use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::attention::AttentionBlocks;
 use super::flash::{self, FlashShape, Task, Tile, View, matmul, visible};
-
-/// The autodiff backend the op is written for: burn's CPU backend without checkpointing.
-type Train = Autodiff<Flex, NoCheckpointing>;
-
-/// Whether [`attend`] runs on `device`: burn's CPU backend with autodiff and no gradient
-/// checkpointing (the training device).
-pub fn available(device: &Device) -> bool {
-    device.is_autodiff()
-        && device.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Disabled)
-        && *device == Device::flex()
-}
+pub use super::host_op::available;
+use super::host_op::{self, host, input, record, register, unpack};
 
 /// Query and key tile of the backward: 64 x 64 keeps the causal waste of the diagonal blocks
 /// small at training lengths (256-1024) while each GEMM still has 64 x 64 x head_dim work.
@@ -61,60 +51,28 @@ pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
         shape.q_len, shape.k_len,
         "training attention: q_len != k_len"
     );
-    let primitive = |t: Tensor<4>| {
-        t.try_into_primitive::<Train>()
-            .expect("training attention needs the CPU autodiff device")
-    };
-    let (q, q_node) = primitive(q).into_parts();
-    let (k, k_node) = primitive(k).into_parts();
-    let (v, v_node) = primitive(v).into_parts();
-    let out = match AttentionBackward
-        .prepare::<NoCheckpointing>([q_node, k_node, v_node])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
-            let f = forward(&q, &k, &v, shape);
-            let out = FlexTensor::from_data(TensorData::new(f.out.clone(), out_dims(shape)));
-            let state = State {
-                q,
-                k,
-                v,
-                out: Arc::new(f.out),
-                lse: Arc::new(f.lse),
-                shape,
-            };
-            prep.finish(state, out)
-        }
-        OpsKind::UnTracked(prep) => {
-            let f = forward(&contiguous(q), &contiguous(k), &contiguous(v), shape);
-            prep.finish(FlexTensor::from_data(TensorData::new(
-                f.out,
-                out_dims(shape),
-            )))
-        }
-    };
-    Tensor::from_primitive::<Train>(out)
+    let (q, q_node) = input(q);
+    let (k, k_node) = input(k);
+    let (v, v_node) = input(v);
+    let f = forward(&q, &k, &v, shape);
+    let out = host_op::tensor(f.out, &out_dims(shape));
+    record(
+        AttentionBackward,
+        [q_node, k_node, v_node],
+        out.clone(),
+        || State {
+            q,
+            k,
+            v,
+            out,
+            lse: Arc::new(f.lse),
+            shape,
+        },
+    )
 }
 
 fn out_dims(s: FlashShape) -> [usize; 4] {
     [s.batch, s.heads, s.q_len, s.head_dim]
-}
-
-/// `t` with a contiguous f32 layout (a copy only if it is strided).
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    let t = t.to_contiguous();
-    assert!(
-        t.as_slice::<f32>().is_some(),
-        "training attention needs f32"
-    );
-    t
-}
-
-fn host(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>()
-        .expect("contiguous f32 tensor (made so by `contiguous`)")
 }
 
 fn forward(
@@ -144,7 +102,7 @@ struct State {
     q: FlexTensor,
     k: FlexTensor,
     v: FlexTensor,
-    out: Arc<Vec<f32>>,
+    out: FlexTensor,
     lse: Arc<Vec<f32>>,
     shape: FlashShape,
 }
@@ -153,13 +111,12 @@ impl Backward<Flex, 3> for AttentionBackward {
     type State = State;
 
     fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let d_out = contiguous(grads.consume::<Flex>(&ops.node));
-        let st = ops.state;
+        let (d_out, st, [q_node, k_node, v_node]) = unpack(ops, grads);
         let g = attention_backward(
             host(&st.q),
             host(&st.k),
             host(&st.v),
-            &st.out,
+            host(&st.out),
             &st.lse,
             host(&d_out),
             st.shape,
@@ -167,17 +124,9 @@ impl Backward<Flex, 3> for AttentionBackward {
         );
         let s = st.shape;
         let kv_dims = [s.batch, s.kv_heads, s.k_len, s.head_dim];
-        let [q_node, k_node, v_node] = ops.parents;
-        for (node, grad, dims) in [
-            (q_node, g.dq, out_dims(s)),
-            (k_node, g.dk, kv_dims),
-            (v_node, g.dv, kv_dims),
-        ] {
-            if let Some(node) = node {
-                let grad = FlexTensor::from_data(TensorData::new(grad, dims));
-                grads.register::<Flex>(node.id, grad);
-            }
-        }
+        register(grads, q_node, g.dq, &out_dims(s));
+        register(grads, k_node, g.dk, &kv_dims);
+        register(grads, v_node, g.dv, &kv_dims);
     }
 }
 

@@ -14,7 +14,7 @@
 //! [`Llama::forward_cached`] (KV cache, for greedy decoding).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::module::embedding;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
@@ -25,6 +25,8 @@ use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
 use super::flash::{self, FlashShape};
 use super::flash_grad;
+use super::fused;
+use super::fused::rope::{Rotary, rotate_heads};
 pub use super::kv_cache::KvCache;
 use super::kv_cache::LayerKv;
 use super::rope::{RopeConfig, cos_sin};
@@ -92,8 +94,7 @@ impl RmsNorm {
 
     /// `[.., hidden]` -> `[.., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
-        (x / rms) * self.weight.val().unsqueeze::<D>()
+        fused::norm::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
@@ -117,27 +118,16 @@ impl Attention {
         &self,
         h: Tensor<3>,
         (heads, kv_heads, hd): (usize, usize, usize),
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
+        rot: &Rotary,
     ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [b, t, _] = h.dims();
-        let q = self
-            .q_proj
-            .forward(h.clone())
-            .reshape([b, t, heads, hd])
-            .swap_dims(1, 2);
-        let k = self
-            .k_proj
-            .forward(h.clone())
-            .reshape([b, t, kv_heads, hd])
-            .swap_dims(1, 2);
+        let q = rotate_heads(self.q_proj.forward(h.clone()), heads, rot);
+        let k = rotate_heads(self.k_proj.forward(h.clone()), kv_heads, rot);
         let v = self
             .v_proj
             .forward(h)
             .reshape([b, t, kv_heads, hd])
             .swap_dims(1, 2);
-        let q = apply_rope(q, cos.clone(), sin.clone());
-        let k = apply_rope(k, cos.clone(), sin.clone());
         (q, k, v)
     }
 }
@@ -156,8 +146,9 @@ pub struct Mlp {
 impl Mlp {
     /// `[b, t, hidden]` -> `[b, t, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let g = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(g * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(fused::swiglu::swiglu(gate, self.up_proj.forward(x)))
     }
 }
 
@@ -333,25 +324,15 @@ impl Llama {
         self.embed_tokens.val().device()
     }
 
-    /// cos and sin `[1, 1, n, head_dim]` for positions `start..start + n`, frequencies chosen
-    /// for a sequence of `rope_len` tokens (dynamic NTK and LongRoPE depend on it).
-    fn rope_tables(
-        &self,
-        start: usize,
-        n: usize,
-        rope_len: usize,
-        device: &Device,
-    ) -> (Tensor<4>, Tensor<4>) {
+    /// cos and sin of positions `start..start + n`, frequencies chosen for a sequence of
+    /// `rope_len` tokens (dynamic NTK and LongRoPE depend on it).
+    fn rope_tables(&self, start: usize, n: usize, rope_len: usize, device: &Device) -> Rotary {
         let c = &self.config;
         let freqs = c
             .rope
             .frequencies(c.head_dim, c.max_position_embeddings, rope_len);
         let (cos, sin) = cos_sin(&freqs, start..start + n);
-        let shape = [1, 1, n, c.head_dim];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
+        Rotary::new(cos, sin, n, c.head_dim, device)
     }
 
     fn check_ids(&self, ids: &Tensor<2, Int>) -> Result<[usize; 2]> {
@@ -378,7 +359,7 @@ impl Llama {
         let [b, t] = ids.dims();
         let device = ids.device();
         let start = cache.as_ref().map_or(0, |kv| kv.len);
-        let (cos, sin) = self.rope_tables(start, t, rope_len.unwrap_or(start + t), &device);
+        let rot = self.rope_tables(start, t, rope_len.unwrap_or(start + t), &device);
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         // [b, t, hidden]
         let mut x = embedding(self.embed_tokens.val(), ids);
@@ -388,7 +369,7 @@ impl Llama {
             let h = layer.input_layernorm.forward(x.clone());
             let a = &layer.self_attn;
             // q: [b, heads, t, hd]; k, v: [b, kv_heads, t, hd]
-            let (q, mut k, mut v) = a.qkv(h, (heads, kv_heads, hd), &cos, &sin);
+            let (q, mut k, mut v) = a.qkv(h, (heads, kv_heads, hd), &rot);
             let host_blocks = match mode {
                 Mode::Fused => Some((AttentionBlocks::flash(), false)),
                 Mode::Entropy(blocks) => Some((blocks, true)),
@@ -515,21 +496,14 @@ impl Llama {
     /// Mean next-token cross-entropy (nats) of `ids` `[batch, seq]`: the logits of
     /// `ids[:, :-1]` against `ids[:, 1:]`; shape `[1]`. The training loss.
     pub fn lm_loss(&self, ids: Tensor<2, Int>) -> Result<Tensor<1>> {
-        let [b, t] = self.check_ids(&ids)?;
+        let [_, t] = self.check_ids(&ids)?;
         if t < 2 {
             return Err(ModelError::Input(format!(
                 "the loss needs at least 2 tokens per row, got {t}"
             )));
         }
         let logits = self.forward(ids.clone().narrow(1, 0, t - 1))?;
-        // NLL = logsumexp(x) - x[target], without materializing log-softmax over the vocab
-        // (one pass fewer over [b, t, vocab] forward and backward).
-        let max = logits.clone().max_dim(2).detach();
-        let shifted = logits - max;
-        let lse = shifted.clone().exp().sum_dim(2).log(); // [b, t - 1, 1]
-        let target = ids.narrow(1, 1, t - 1).unsqueeze_dim::<3>(2);
-        let picked = shifted.gather(2, target); // [b, t - 1, 1]
-        Ok((lse - picked).reshape([b * (t - 1)]).mean())
+        fused::loss::cross_entropy(logits, ids.narrow(1, 1, t - 1))
     }
 
     /// Per-token negative log-likelihood `[batch, seq - 1]` (nats) of `ids[:, 1:]` given the
@@ -672,7 +646,7 @@ impl Llama {
         let c = &self.config;
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let device = ids.device();
-        let (cos, sin) = self.rope_tables(0, t, t, &device);
+        let rot = self.rope_tables(0, t, t, &device);
         let mut x = embedding(self.embed_tokens.val(), ids);
         let nb = edges.len() - 1;
         let bucket_of = |d: usize| edges.windows(2).position(|w| w[0] <= d && d < w[1]);
@@ -680,7 +654,7 @@ impl Llama {
         for layer in &self.layers {
             let h = layer.input_layernorm.forward(x.clone());
             let a = &layer.self_attn;
-            let (q, k, v) = a.qkv(h, (heads, kv_heads, hd), &cos, &sin);
+            let (q, k, v) = a.qkv(h, (heads, kv_heads, hd), &rot);
             let (o, lse, _) = attend_blockwise(q.clone(), k.clone(), v, 0, blocks, false);
             let sums = distance_sums(q, k, lse, 0, blocks, max_d);
             let mut layer_sums = vec![vec![0f64; nb]; heads];

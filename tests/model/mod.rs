@@ -4,6 +4,7 @@
 mod attention_grad;
 mod checkpoint;
 pub(crate) mod fixture;
+mod fused_ops;
 mod gguf;
 mod kv_cache;
 mod parity;

@@ -1,0 +1,102 @@
+//! The plumbing of ropelens's own autodiff ops for the CPU training device: burn's `extension`
+//! feature hands over a tracked tensor's host buffer and graph node
+//! (`Tensor::try_into_primitive::<Autodiff<Flex>>`), the op computes on host `f32` slices, and a
+//! [`Backward`] step registers the inputs' gradients. Used by [`super::flash_grad`] (attention)
+//! and [`super::fused`] (RMSNorm, SwiGLU, RoPE, the loss).
+//!
+//! On any other device (another backend, no autodiff, gradient checkpointing) the model uses
+//! burn's decomposed form of the same function; [`available`] says which.
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor, TensorData};
+
+/// The autodiff backend the ops are written for: burn's CPU backend without checkpointing.
+pub(crate) type Train = Autodiff<Flex, NoCheckpointing>;
+
+/// Whether the host ops run on `device`: burn's CPU backend with autodiff and no gradient
+/// checkpointing (the training device).
+pub fn available(device: &Device) -> bool {
+    device.is_autodiff()
+        && device.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Disabled)
+        && *device == Device::flex()
+}
+
+/// A float tensor of the training device as its contiguous `f32` buffer (copied only if it is
+/// strided) and its graph node.
+///
+/// # Panics
+/// If `t` is not on an [`available`] device or not `f32`.
+pub(crate) fn input<const D: usize>(t: Tensor<D>) -> (FlexTensor, NodeGuard) {
+    let (t, node) = t
+        .try_into_primitive::<Train>()
+        .expect("a host op needs the CPU autodiff device")
+        .into_parts();
+    (contiguous(t), node)
+}
+
+/// `t` with a contiguous `f32` layout (a copy only if it is strided).
+pub(crate) fn contiguous(t: FlexTensor) -> FlexTensor {
+    let t = t.to_contiguous();
+    assert!(t.as_slice::<f32>().is_some(), "host ops need f32 tensors");
+    t
+}
+
+/// The values of a tensor made contiguous by [`input`] or [`contiguous`].
+pub(crate) fn host(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("contiguous f32 tensor (made so by `contiguous`)")
+}
+
+/// A host buffer as a tensor of shape `dims`.
+pub(crate) fn tensor(values: Vec<f32>, dims: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, dims.to_vec()))
+}
+
+/// Puts the op's output `out` on the graph with `nodes` as its parents; `state` (what the
+/// backward needs) is built only when some parent requires a gradient.
+pub(crate) fn record<Op, const N: usize, const D: usize>(
+    op: Op,
+    nodes: [NodeGuard; N],
+    out: FlexTensor,
+    state: impl FnOnce() -> Op::State,
+) -> Tensor<D>
+where
+    Op: Backward<Flex, N>,
+{
+    let out = match op
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state(), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive::<Train>(out)
+}
+
+/// What a backward step starts from: the gradient of the op's output (contiguous), the saved
+/// state, and the parents that want a gradient.
+pub(crate) fn unpack<S, const N: usize>(
+    ops: Ops<S, N>,
+    grads: &mut Gradients,
+) -> (FlexTensor, S, [Option<NodeId>; N]) {
+    let d_out = contiguous(grads.consume::<Flex>(&ops.node));
+    (d_out, ops.state, ops.parents.map(|p| p.map(|n| n.id)))
+}
+
+/// Registers `values` (shape `dims`) as the gradient of `parent`, if it wants one.
+pub(crate) fn register(
+    grads: &mut Gradients,
+    parent: Option<NodeId>,
+    values: Vec<f32>,
+    dims: &[usize],
+) {
+    if let Some(id) = parent {
+        grads.register::<Flex>(id, tensor(values, dims));
+    }
+}
