@@ -206,16 +206,64 @@ pub(super) fn matmul(
     accumulate: bool,
 ) {
     assert!(dst.len() >= m * n);
+    // SAFETY: dst is m x n row-major inside `dst` and exclusively borrowed.
+    unsafe {
+        gemm_into(
+            dst.as_mut_ptr(),
+            (m, n, k),
+            lhs,
+            rhs,
+            accumulate,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// A new row-major `[m, n]` = `lhs[m, k] rhs[k, n]`, split over rayon's threads when it is
+/// large (the rule of burn's CPU matmul, so the result is the same as `Tensor::matmul`'s). The
+/// buffer is never zeroed: the GEMM writes every element before it reads any.
+pub(super) fn matmul_new(m: usize, n: usize, k: usize, lhs: View, rhs: View) -> Vec<f32> {
+    /// burn-flex's threshold for a parallel GEMM.
+    const PARALLEL_OPS: usize = 192 * 192 * 192;
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_OPS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: the buffer has room for m x n values; without `accumulate` the GEMM (gemm-common:
+    // `alpha` set to zero, microkernels store without loading) writes each one before any read,
+    // so all m x n are initialised when the length is set.
+    unsafe {
+        gemm_into(out.as_mut_ptr(), (m, n, k), lhs, rhs, false, parallelism);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// The GEMM of [`matmul`] into `dst`.
+///
+/// # Safety
+/// `dst` must be valid for `m * n` writes (row stride `n`), and for reads if `accumulate`, and
+/// must not alias `lhs` or `rhs`.
+unsafe fn gemm_into(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     lhs.check(m, k);
     rhs.check(k, n);
-    // SAFETY: dst is m x n row-major inside `dst`; every element of lhs and rhs the product
-    // reads is inside its slice (checked above); the three do not alias (`dst` is `&mut`).
+    // SAFETY: the caller's contract for dst; every element of lhs and rhs the product reads is
+    // inside its slice (checked above).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -230,7 +278,7 @@ pub(super) fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }

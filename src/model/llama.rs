@@ -63,7 +63,7 @@ impl Linear {
         let [d_in, d_out] = w.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         // [rows, in] x [in, out]
-        let y = x.reshape([rows, d_in]).matmul(w);
+        let y = fused::linear::linear(x.reshape([rows, d_in]), w);
         let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze::<2>(),
             None => y,

@@ -181,7 +181,8 @@ impl StageKind for Train {
     const KIND: &'static str = "train";
     // 2: on the CPU the attention is the fused training op (model::flash_grad), whose forward
     // and backward round differently from the decomposed attention in the last bits.
-    const VERSION: u32 = 2;
+    // 3: RMSNorm, SwiGLU, RoPE and the loss are fused training ops too (model::fused).
+    const VERSION: u32 = 3;
     type Params = TrainStageParams;
 
     fn needs() -> Needs {

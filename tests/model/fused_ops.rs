@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use ropelens::model::fused::rope::{Rotary, rotate_heads};
-use ropelens::model::fused::{loss, norm, swiglu};
+use ropelens::model::fused::{linear, loss, norm, swiglu};
 use ropelens::model::host_op;
 use ropelens::model::llama::{apply_rope, to_f32_vec};
 
@@ -177,6 +177,38 @@ fn cross_entropy_matches_pytorch_and_the_decomposed_form() {
     let fused = of(&|z, t| loss::cross_entropy(z, t).unwrap());
     let decomposed = of(&loss::decomposed);
     compare("cross-entropy", &fused, &decomposed, &torch, (1e-6, 1e-5));
+}
+
+/// The linear op makes burn's GEMM calls (same strides, same split over threads), so its
+/// output and both gradients equal `Tensor::matmul`'s bit for bit, below and above the size
+/// at which the GEMM runs in parallel.
+#[test]
+fn linear_equals_burns_matmul_bit_for_bit() {
+    let device = train_device();
+    device.seed(5);
+    for (rows, d_in, d_out) in [(140, 48, 200), (300, 160, 200)] {
+        let x = Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<2>::random([d_in, d_out], Distribution::Normal(0.0, 1.0), &device);
+        let dy = Tensor::<2>::random([rows, d_out], Distribution::Normal(0.0, 1.0), &device);
+        let grads_of = |f: fn(Tensor<2>, Tensor<2>) -> Tensor<2>| {
+            let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
+            let out = f(x.clone(), w.clone());
+            let grads = (out.clone() * dy.clone()).sum().backward();
+            [
+                to_f32_vec(out.inner()),
+                to_f32_vec(x.grad(&grads).unwrap()),
+                to_f32_vec(w.grad(&grads).unwrap()),
+            ]
+        };
+        let fused = grads_of(linear::linear);
+        let burn = grads_of(|x, w| x.matmul(w));
+        for (name, (f, b)) in ["y", "dx", "dw"].iter().zip(fused.iter().zip(&burn)) {
+            assert!(
+                f == b,
+                "[{rows}, {d_in}] x [{d_in}, {d_out}]: {name} differs from burn's"
+            );
+        }
+    }
 }
 
 #[test]

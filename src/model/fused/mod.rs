@@ -1,5 +1,6 @@
 //! Fused training ops for the CPU backend: RMSNorm, SwiGLU's gate, RoPE (with the move of the
-//! heads in front of the positions) and the next-token cross-entropy, each a burn autodiff op
+//! heads in front of the positions), the next-token cross-entropy and the linear layers'
+//! product, each a burn autodiff op
 //! ([`super::host_op`]) whose forward and backward are one pass over host `f32` slices.
 //!
 //! burn's decomposed forms of these functions are 3-9 autodiff nodes each, and every node is a
@@ -11,6 +12,7 @@
 //! the mean loss) sums the blocks' partial results in block order, so results do not depend on
 //! the number of threads.
 
+pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod rope;
