@@ -371,37 +371,83 @@ impl ModuleMapper for Updater<'_> {
         };
         let (id, tensor, mapper) = param.consume();
         let dims = tensor.dims();
-        let n = g.dims()[0];
-        let [b1, b2] = self.opt.settings.betas;
-        let g = if self.clip_scale != 1.0 {
-            g.mul_scalar(self.clip_scale)
-        } else {
-            g
+        let settings = &self.opt.settings;
+        let [b1, b2] = settings.betas;
+        let decay = self.opt.decay.contains(&path) && settings.weight_decay > 0.0;
+        let k = UpdateCoefficients {
+            clip: (self.clip_scale != 1.0).then_some(self.clip_scale as f32),
+            b1: b1 as f32,
+            one_minus_b1: (1.0 - b1) as f32,
+            b2: b2 as f32,
+            one_minus_b2: (1.0 - b2) as f32,
+            decay: decay.then_some((1.0 - self.lr * settings.weight_decay) as f32),
+            root_bias2: self.bias2.sqrt() as f32,
+            eps: settings.eps as f32,
+            step_size: (self.lr / self.bias1) as f32,
         };
-        let (m, v) = match self.opt.state.remove(&path) {
-            Some(Moments { m, v }) => (
-                m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-                v.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
-            ),
-            None => (
-                g.clone().mul_scalar(1.0 - b1),
-                g.square().mul_scalar(1.0 - b2),
-            ),
+        let device = g.device();
+        let g = to_f32_vec(g);
+        let mut p = to_f32_vec(tensor.inner());
+        let (mut m, mut v, first) = match self.opt.state.remove(&path) {
+            Some(Moments { m, v }) => (to_f32_vec(m), to_f32_vec(v), false),
+            None => (vec![0f32; g.len()], vec![0f32; g.len()], true),
         };
-        // [n]
-        let mut p = tensor.inner().reshape([n]);
-        if self.opt.decay.contains(&path) && self.opt.settings.weight_decay > 0.0 {
-            p = p.mul_scalar(1.0 - self.lr * self.opt.settings.weight_decay);
-        }
-        let denom = v
-            .clone()
-            .sqrt()
-            .div_scalar(self.bias2.sqrt())
-            .add_scalar(self.opt.settings.eps);
-        let p = p - m.clone().div(denom).mul_scalar(self.lr / self.bias1);
+        k.apply(&mut p, &g, &mut m, &mut v, first);
+        let n = g.len();
+        let moments = |x: Vec<f32>| Tensor::from_data(TensorData::new(x, [n]), &device);
+        let (m, v) = (moments(m), moments(v));
         self.opt.state.insert(path, Moments { m, v });
-        let updated = Tensor::from_inner(p.reshape(dims)).require_grad();
-        Param::from_mapped_value(id, updated, mapper)
+        let p = Tensor::<D>::from_data(TensorData::new(p, dims), &device);
+        Param::from_mapped_value(id, Tensor::from_inner(p).require_grad(), mapper)
+    }
+}
+
+/// The scalars of one parameter's AdamW update, as f32 (burn's scalar ops round an f64 scalar
+/// to the tensor's f32 first, so these give the same numbers as the tensor formula did).
+struct UpdateCoefficients {
+    /// Gradient scale of global-norm clipping, if it clips.
+    clip: Option<f32>,
+    b1: f32,
+    one_minus_b1: f32,
+    b2: f32,
+    one_minus_b2: f32,
+    /// `1 - lr * weight_decay` for a decayed parameter.
+    decay: Option<f32>,
+    /// `sqrt(1 - b2^t)`.
+    root_bias2: f32,
+    eps: f32,
+    /// `lr / (1 - b1^t)`.
+    step_size: f32,
+}
+
+/// Elements per parallel task of the update.
+const UPDATE_CHUNK: usize = 1 << 15;
+
+impl UpdateCoefficients {
+    /// torch's AdamW on host slices, one pass: `g` clipped, the moments
+    /// `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2` (just the second terms on the `first`
+    /// step), decoupled decay `p *= 1 - lr wd`, then
+    /// `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], first: bool) {
+        use rayon::prelude::*;
+        p.par_chunks_mut(UPDATE_CHUNK)
+            .zip(m.par_chunks_mut(UPDATE_CHUNK))
+            .zip(v.par_chunks_mut(UPDATE_CHUNK))
+            .zip(g.par_chunks(UPDATE_CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    let g = self.clip.map_or(g[i], |c| g[i] * c);
+                    let (gm, gv) = (g * self.one_minus_b1, g * g * self.one_minus_b2);
+                    if first {
+                        (m[i], v[i]) = (gm, gv);
+                    } else {
+                        (m[i], v[i]) = (m[i] * self.b1 + gm, v[i] * self.b2 + gv);
+                    }
+                    let decayed = self.decay.map_or(p[i], |d| p[i] * d);
+                    let denom = v[i].sqrt() / self.root_bias2 + self.eps;
+                    p[i] = decayed - m[i] / denom * self.step_size;
+                }
+            });
     }
 }
 

@@ -11,7 +11,7 @@ use ropelens::model::attention::attend_materialized;
 use ropelens::model::flash_grad;
 use ropelens::model::llama::to_f32_vec;
 
-use crate::model::fixture::read_arrays;
+use crate::model::fixture::{read_arrays, rel_diff};
 
 /// The output and the gradients of q, k and v of `sum(out * d_out)`.
 struct Grads {
@@ -53,17 +53,6 @@ fn run(
         dv: grad(&v),
         out: vec(out.inner()),
     }
-}
-
-/// Largest |a - b| over the largest |b| (at least 1).
-fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
 }
 
 fn compare(what: &str, got: &Grads, want: &Grads, tol: f32) {

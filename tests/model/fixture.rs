@@ -46,6 +46,17 @@ pub fn read_arrays(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
     arrays
 }
 
+/// Largest |a - b| over the largest |b| (at least 1).
+pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
 impl Reference {
     /// One rope type's forward-parity fixture (tests/fixtures/hf/<rope>).
     pub fn load(rope: &str) -> Self {

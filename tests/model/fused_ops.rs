@@ -11,7 +11,7 @@ use ropelens::model::fused::{linear, loss, norm, swiglu};
 use ropelens::model::host_op;
 use ropelens::model::llama::{apply_rope, to_f32_vec};
 
-use crate::model::fixture::read_arrays;
+use crate::model::fixture::{read_arrays, rel_diff};
 
 type Arrays = HashMap<String, (Vec<usize>, Vec<f64>)>;
 
@@ -30,19 +30,10 @@ fn tensor<const D: usize>(a: &Arrays, name: &str, device: &Device) -> Tensor<D> 
     Tensor::from_data(TensorData::new(values(a, name), shape), device)
 }
 
-/// Largest |a - b| over the largest |b| (at least 1).
-fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
 fn check(what: &str, got: &[f32], want: &[f32], tol: f32) {
     let d = rel_diff(got, want);
+    // Shown with --nocapture: the measured differences docs/model.md quotes.
+    eprintln!("{what}: {d:.1e}");
     assert!(d <= tol, "{what} differs by {d:e} (relative to its max)");
 }
 
