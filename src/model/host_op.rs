@@ -96,7 +96,31 @@ pub(crate) fn register(
     values: Vec<f32>,
     dims: &[usize],
 ) {
+    register_tensor(grads, parent, tensor(values, dims));
+}
+
+/// Registers `t` as the gradient of `parent`, if it wants one.
+pub(crate) fn register_tensor(grads: &mut Gradients, parent: Option<NodeId>, t: FlexTensor) {
     if let Some(id) = parent {
-        grads.register::<Flex>(id, tensor(values, dims));
+        grads.register::<Flex>(id, t);
     }
+}
+
+/// `t` (shape `dims`) as a contiguous tensor whose buffer nothing else holds, so that a backward
+/// step can overwrite it with a gradient of the same size (typically the output's gradient, or
+/// a saved activation that is read for the last time): `t` itself when it is the only owner of
+/// exactly its values, else a copy.
+pub(crate) fn into_writable(t: FlexTensor, dims: &[usize]) -> FlexTensor {
+    let mut t = contiguous(t);
+    let n = host(&t).len();
+    if t.try_storage_mut::<f32>().map(|s| s.len()) == Some(n) {
+        return t;
+    }
+    tensor(host(&t).to_vec(), dims)
+}
+
+/// The values of a tensor made writable by [`into_writable`].
+pub(crate) fn values_mut(t: &mut FlexTensor) -> &mut [f32] {
+    t.try_storage_mut::<f32>()
+        .expect("a tensor made writable by `into_writable`")
 }

@@ -19,7 +19,9 @@ use rayon::prelude::*;
 use super::BLOCK_ROWS;
 use crate::model::error::{ModelError, Result};
 use crate::model::flash::simd::{self, dispatch, exp_with};
-use crate::model::host_op::{self, host, input, record, register, unpack};
+use crate::model::host_op::{
+    self, host, input, into_writable, record, register_tensor, unpack, values_mut,
+};
 
 /// Mean cross-entropy (nats) of `logits` `[b, t, vocab]` against `targets` `[b, t]`, shape
 /// `[1]`: the fused op on the CPU training device, burn's decomposed form elsewhere.
@@ -89,15 +91,16 @@ pub fn decomposed(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     (lse - picked).reshape([b * t]).mean()
 }
 
-/// `g_j = e^(z_j - lse) * scale`: one row of the gradient before the target's `- scale`.
+/// `z_j <- e^(z_j - lse) * scale`: one row of logits becomes its gradient, before the target's
+/// `- scale`.
 #[inline(always)]
-fn softmax_scaled_impl<const FMA: bool>(z: &[f32], lse: f32, scale: f32, g: &mut [f32]) {
-    for (g, z) in g.iter_mut().zip(z) {
-        *g = exp_with::<FMA>(z - lse) * scale;
+fn softmax_scaled_impl<const FMA: bool>(z: &mut [f32], lse: f32, scale: f32) {
+    for z in z.iter_mut() {
+        *z = exp_with::<FMA>(*z - lse) * scale;
     }
 }
 
-dispatch!(softmax_scaled, softmax_scaled_impl, (z: &[f32], lse: f32, scale: f32, g: &mut [f32]) -> ());
+dispatch!(softmax_scaled, softmax_scaled_impl, (z: &mut [f32], lse: f32, scale: f32) -> ());
 
 /// The backward step's marker.
 #[derive(Debug)]
@@ -118,18 +121,20 @@ impl Backward<Flex, 1> for LossBackward {
 
     fn backward(self, ops: Ops<State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (d_out, st, [node]) = unpack(ops, grads);
-        let (zs, vocab) = (host(&st.z), st.vocab);
+        let vocab = st.vocab;
         let scale = host(&d_out)[0] / st.lse.len() as f32;
-        let mut g = vec![0f32; zs.len()];
-        g.par_chunks_mut(BLOCK_ROWS * vocab)
+        // The logits are read for the last time: their buffer becomes the gradient.
+        let mut g = into_writable(st.z, &st.dims);
+        values_mut(&mut g)
+            .par_chunks_mut(BLOCK_ROWS * vocab)
             .enumerate()
             .for_each(|(bi, g)| {
                 for (i, g) in g.chunks_mut(vocab).enumerate() {
                     let r = bi * BLOCK_ROWS + i;
-                    softmax_scaled(&zs[r * vocab..(r + 1) * vocab], st.lse[r], scale, g);
+                    softmax_scaled(g, st.lse[r], scale);
                     g[st.targets[r]] -= scale;
                 }
             });
-        register(grads, node, g, &st.dims);
+        register_tensor(grads, node, g);
     }
 }

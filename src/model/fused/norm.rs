@@ -19,7 +19,9 @@ use rayon::prelude::*;
 
 use super::{BLOCK_ROWS, dot, sum_blocks};
 use crate::model::flash::simd::dispatch;
-use crate::model::host_op::{self, host, input, record, register, unpack};
+use crate::model::host_op::{
+    self, host, input, into_writable, record, register, register_tensor, unpack, values_mut,
+};
 
 /// RMSNorm of `x` `[.., n]` with `weight` `[n]`: the fused op on the CPU training device,
 /// burn's decomposed form elsewhere.
@@ -76,34 +78,32 @@ fn forward_rows_impl<const FMA: bool>(
     }
 }
 
-/// Backward of whole rows: writes `dx`, adds to `dw`.
+/// Backward of whole rows: overwrites `dy_dx` (holding `dy`) with `dx`, adds to `dw`.
 #[inline(always)]
 fn backward_rows_impl<const FMA: bool>(
     x: &[f32],
     w: &[f32],
-    dy: &[f32],
+    dy_dx: &mut [f32],
     inv: &[f32],
-    dx: &mut [f32],
     dw: &mut [f32],
 ) {
     let n = w.len();
-    let rows = x.chunks(n).zip(dy.chunks(n)).zip(dx.chunks_mut(n));
-    for (((x, dy), dx), &r) in rows.zip(inv) {
+    for ((x, dy), &r) in x.chunks(n).zip(dy_dx.chunks_mut(n)).zip(inv) {
         // mean(g * x) with g = dy * w
         let mut acc = 0f32;
         for ((dy, w), x) in dy.iter().zip(w).zip(x) {
             acc += dy * w * x;
         }
         let k = r * r * acc / n as f32;
-        for (i, dx) in dx.iter_mut().enumerate() {
-            *dx = r * (dy[i] * w[i] - x[i] * k);
+        for i in 0..n {
             dw[i] += dy[i] * x[i] * r;
+            dy[i] = r * (dy[i] * w[i] - x[i] * k);
         }
     }
 }
 
 dispatch!(forward_rows, forward_rows_impl, (x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv: &mut [f32]) -> ());
-dispatch!(backward_rows, backward_rows_impl, (x: &[f32], w: &[f32], dy: &[f32], inv: &[f32], dx: &mut [f32], dw: &mut [f32]) -> ());
+dispatch!(backward_rows, backward_rows_impl, (x: &[f32], w: &[f32], dy_dx: &mut [f32], inv: &[f32], dw: &mut [f32]) -> ());
 
 /// The backward step's marker.
 #[derive(Debug)]
@@ -123,23 +123,22 @@ impl Backward<Flex, 2> for NormBackward {
 
     fn backward(self, ops: Ops<State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (d_out, st, [x_node, w_node]) = unpack(ops, grads);
-        let (xs, ws, dys) = (host(&st.x), host(&st.w), host(&d_out));
+        let (xs, ws) = (host(&st.x), host(&st.w));
         let n = ws.len();
-        let mut dx = vec![0f32; xs.len()];
-        let dw_parts: Vec<Vec<f32>> = dx
+        // The output's gradient is read once: its buffer becomes the input's gradient.
+        let mut dx = into_writable(d_out, &st.dims);
+        let dw_parts: Vec<Vec<f32>> = values_mut(&mut dx)
             .par_chunks_mut(BLOCK_ROWS * n)
             .enumerate()
             .map(|(bi, dx)| {
                 let (start, nr) = (bi * BLOCK_ROWS, dx.len() / n);
-                let span = start * n..(start + nr) * n;
                 let mut dw = vec![0f32; n];
-                let inv = &st.inv[start..start + nr];
-                backward_rows(&xs[span.clone()], ws, &dys[span], inv, dx, &mut dw);
+                let x = &xs[start * n..(start + nr) * n];
+                backward_rows(x, ws, dx, &st.inv[start..start + nr], &mut dw);
                 dw
             })
             .collect();
-        let dims = st.dims;
-        register(grads, x_node, dx, &dims);
+        register_tensor(grads, x_node, dx);
         register(grads, w_node, sum_blocks(dw_parts, n), &[n]);
     }
 }

@@ -17,7 +17,9 @@ use burn::tensor::activation::silu;
 use rayon::prelude::*;
 
 use crate::model::flash::simd::{dispatch, exp_with};
-use crate::model::host_op::{self, host, input, record, register, unpack};
+use crate::model::host_op::{
+    self, host, input, into_writable, record, register, register_tensor, unpack, values_mut,
+};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -64,24 +66,19 @@ fn forward_impl<const FMA: bool>(g: &[f32], u: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `dy_du` holds `dy` and is overwritten with `du`.
 #[inline(always)]
-fn backward_impl<const FMA: bool>(
-    g: &[f32],
-    u: &[f32],
-    dy: &[f32],
-    dg: &mut [f32],
-    du: &mut [f32],
-) {
+fn backward_impl<const FMA: bool>(g: &[f32], u: &[f32], dy_du: &mut [f32], dg: &mut [f32]) {
     for i in 0..dg.len() {
-        let (g, u, dy) = (g[i], u[i], dy[i]);
+        let (g, u, dy) = (g[i], u[i], dy_du[i]);
         let s = sigmoid::<FMA>(g);
-        du[i] = dy * g * s;
+        dy_du[i] = dy * g * s;
         dg[i] = dy * u * s * (1.0 + g * (1.0 - s));
     }
 }
 
 dispatch!(forward_kernel, forward_impl, (g: &[f32], u: &[f32], y: &mut [f32]) -> ());
-dispatch!(backward_kernel, backward_impl, (g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) -> ());
+dispatch!(backward_kernel, backward_impl, (g: &[f32], u: &[f32], dy_du: &mut [f32], dg: &mut [f32]) -> ());
 
 /// The backward step's marker.
 #[derive(Debug)]
@@ -100,17 +97,18 @@ impl Backward<Flex, 2> for SwigluBackward {
 
     fn backward(self, ops: Ops<State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (d_out, st, [g_node, u_node]) = unpack(ops, grads);
-        let (gs, us, dys) = (host(&st.g), host(&st.u), host(&d_out));
+        let (gs, us) = (host(&st.g), host(&st.u));
+        // The output's gradient is read once: its buffer becomes up's gradient.
+        let mut du = into_writable(d_out, &st.dims);
         let mut dg = vec![0f32; gs.len()];
-        let mut du = vec![0f32; gs.len()];
         dg.par_chunks_mut(CHUNK)
-            .zip(du.par_chunks_mut(CHUNK))
+            .zip(values_mut(&mut du).par_chunks_mut(CHUNK))
             .enumerate()
             .for_each(|(ci, (dg, du))| {
                 let span = ci * CHUNK..ci * CHUNK + dg.len();
-                backward_kernel(&gs[span.clone()], &us[span.clone()], &dys[span], dg, du);
+                backward_kernel(&gs[span.clone()], &us[span], du, dg);
             });
         register(grads, g_node, dg, &st.dims);
-        register(grads, u_node, du, &st.dims);
+        register_tensor(grads, u_node, du);
     }
 }
