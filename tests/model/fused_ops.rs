@@ -153,17 +153,20 @@ fn cross_entropy_matches_pytorch_and_the_decomposed_form() {
         let v: Vec<i64> = a["loss.targets"].1.iter().map(|&x| x as i64).collect();
         Tensor::<2, Int>::from_data(TensorData::new(v, [2, 70]), device)
     };
-    let torch = (values(&a, "loss.loss"), [values(&a, "loss.dlogits")]);
-    // The fixture's gradient is that of 0.5 * loss: the upstream gradient is honoured.
+    // The fixture's gradient is that of 0.5 * loss (the upstream gradient is honoured). Each
+    // entry is (softmax - onehot) * 0.5 / rows: compared times rows / 0.5, at the scale of 1.
+    let unscale = |g: Vec<f32>| -> Vec<f32> { g.iter().map(|x| x * 140.0 / 0.5).collect() };
+    let torch = (
+        values(&a, "loss.loss"),
+        [unscale(values(&a, "loss.dlogits"))],
+    );
     let of = |f: &dyn Fn(Tensor<3>, Tensor<2, Int>) -> Tensor<1>| {
         let device = train_device();
         let z = tensor::<3>(&a, "loss.logits", &device).require_grad();
         let out = f(z.clone(), targets(&device));
         let grads = (out.clone() * 0.5).backward();
-        (
-            to_f32_vec(out.inner()),
-            [to_f32_vec(z.grad(&grads).unwrap())],
-        )
+        let dz = to_f32_vec(z.grad(&grads).unwrap());
+        (to_f32_vec(out.inner()), [unscale(dz)])
     };
     let fused = of(&|z, t| loss::cross_entropy(z, t).unwrap());
     let decomposed = of(&loss::decomposed);
