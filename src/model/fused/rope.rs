@@ -36,7 +36,7 @@ impl Rotary {
     /// If the tables do not have `len * dim` values or `dim` is odd.
     pub fn new(cos: Vec<f32>, sin: Vec<f32>, len: usize, dim: usize, device: &Device) -> Self {
         assert!(
-            cos.len() == len * dim && sin.len() == len * dim && dim % 2 == 0,
+            cos.len() == len * dim && sin.len() == len * dim && dim.is_multiple_of(2),
             "RoPE tables: {} and {} values for [{len}, {dim}]",
             cos.len(),
             sin.len()
