@@ -19,12 +19,71 @@
 //! through the KV cache ([`window_nll`]), so memory grows linearly with `length` (measured in
 //! docs/eval.md).
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
 use crate::model::Llama;
 use crate::progress::Progress;
 use crate::tables::PplRow;
 
 use super::chunked::window_nll;
 use super::{EvalError, Result};
+
+/// The name of a way to cut documents into windows: the `mode` key of `eval_ppl`, the report's
+/// `ppl_mode` and the `ppl` table's `mode` column.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PplModeKind {
+    /// Each document cut to its first `length` tokens: one window (YaRN's `--truncate`).
+    #[default]
+    Truncate,
+    /// Windows of `length` tokens advancing by `stride`; only new tokens are scored.
+    Sliding,
+}
+
+impl PplModeKind {
+    /// The name as written in TOML and in the `mode` column.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PplModeKind::Truncate => "truncate",
+            PplModeKind::Sliding => "sliding",
+        }
+    }
+}
+
+impl PplModeKind {
+    /// Every mode, in the order reports list them.
+    pub const ALL: [PplModeKind; 2] = [PplModeKind::Truncate, PplModeKind::Sliding];
+
+    /// The mode named `name` (a `mode` column value), if any.
+    pub fn from_name(name: &str) -> Option<PplModeKind> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
+    /// What a length's perplexity averages over, for a reader of the report.
+    pub fn what_is_scored(&self) -> &'static str {
+        match self {
+            PplModeKind::Truncate => {
+                "each document's first `length` tokens in one window, every token after the \
+                 first scored: a length's perplexity averages over contexts of 1 to `length - 1` \
+                 tokens"
+            }
+            PplModeKind::Sliding => {
+                "windows of `length` tokens advancing by the stage's stride (default half a \
+                 window), each token scored once: all but the first window's tokens with at \
+                 least `length - stride` tokens of context"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PplModeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How a document is cut into windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +99,17 @@ pub enum PplMode {
 }
 
 impl PplMode {
+    /// Which kind of mode this is (its `mode` column).
+    pub fn kind(&self) -> PplModeKind {
+        match self {
+            PplMode::Truncate => PplModeKind::Truncate,
+            PplMode::Sliding { .. } => PplModeKind::Sliding,
+        }
+    }
+
     /// The `mode` column: `truncate` or `sliding`.
     pub fn name(&self) -> &'static str {
-        match self {
-            PplMode::Truncate => "truncate",
-            PplMode::Sliding { .. } => "sliding",
-        }
+        self.kind().as_str()
     }
 }
 

@@ -22,6 +22,7 @@ pub use options::{
 };
 
 use crate::analysis::effective::effective_length;
+use crate::eval::ppl::PplModeKind;
 use crate::report::plots::{Scale, VLine};
 use crate::report::tables::{Align, format_value, markdown_table};
 use data::{GateOutcome, Metric, Study, cell, lengths_of};
@@ -517,7 +518,7 @@ fn ppl_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: &mut 
     modes.sort_unstable();
     modes.dedup();
     // The findings' mode first.
-    modes.sort_by_key(|m| *m != opts.ppl_mode);
+    modes.sort_by_key(|m| *m != opts.ppl_mode.as_str());
     for mode in modes {
         let metric = study.ppl_metric(mode, false);
         if let Some(img) = figs.metric_vs_length(
@@ -533,10 +534,13 @@ fn ppl_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: &mut 
             md.push_str(&img);
             md.push('\n');
         }
+        let scored = PplModeKind::from_name(mode)
+            .map(|m| format!(": {}", m.what_is_scored()))
+            .unwrap_or_default();
         let _ = writeln!(
             md,
-            "Perplexity by model and context length, mode `{mode}` (token-weighted over \
-             documents; lowest in bold):\n"
+            "Perplexity by model and context length, mode `{mode}`{scored} (token-weighted \
+             over documents; lowest in bold):\n"
         );
         md.push_str(&spread_table(study, &metric, &ids, 2, Some(true)));
         md.push('\n');
@@ -930,7 +934,7 @@ fn ablation_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: 
         return;
     }
     let lines = length_lines(study, Group::Ablation);
-    let ppl = study.ppl_metric(&opts.ppl_mode, false);
+    let ppl = study.ppl_metric(opts.ppl_mode.as_str(), false);
     if !ppl.is_empty() {
         if let Some(img) = figs.metric_vs_length(
             study,
@@ -949,7 +953,7 @@ fn ablation_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: 
         md.push_str(&spread_table(study, &ppl, &arms, 2, Some(true)));
         md.push('\n');
     }
-    let copy = study.ppl_metric(&opts.ppl_mode, true);
+    let copy = study.ppl_metric(opts.ppl_mode.as_str(), true);
     if !copy.is_empty() {
         let _ = writeln!(md, "Copy perplexity (`{}`):\n", opts.ppl_mode);
         md.push_str(&spread_table(study, &copy, &arms, 2, Some(true)));

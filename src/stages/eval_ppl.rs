@@ -7,21 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::eval_io::{check_lengths, check_positive, load_model, open_data, write_rows};
 use super::{Ctx, NeedDecl, Needs, ParamError, Resources, StageKind};
-use crate::eval::ppl::{PplDoc, PplMode, PplOptions, evaluate_ppl};
+use crate::eval::ppl::{PplDoc, PplMode, PplModeKind, PplOptions, evaluate_ppl};
 
 /// Perplexity across context lengths.
 pub struct EvalPpl;
-
-/// How documents are cut into windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PplModeParam {
-    /// Each document cut to its first `length` tokens: one window (YaRN's `--truncate`).
-    #[default]
-    Truncate,
-    /// Windows of `length` tokens advancing by `stride`; only new tokens are scored.
-    Sliding,
-}
 
 /// Parameters of `eval_ppl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -32,10 +21,18 @@ pub struct EvalPplParams {
     pub lengths: Vec<usize>,
     /// `truncate` (default) or `sliding`.
     #[serde(default)]
-    pub mode: PplModeParam,
+    pub mode: PplModeKind,
     /// Sliding stride in tokens, `1..length`; default half the length. Only for `sliding`.
     #[serde(default)]
     pub stride: Option<usize>,
+    /// Sliding only: evaluate each document's first `document_tokens` tokens, and only
+    /// documents that have that many, so that every length scores the same tokens and only
+    /// their context differs; every length must be at most this. Without it, sliding covers
+    /// whole documents (about `length / stride` forwards per document token).
+    // Omitted from the serialised params when unset, so that the cache keys of stages
+    // written before this key existed do not move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_tokens: Option<usize>,
     /// At most this many validation documents per length (the first ones, in order, with at
     /// least `length` tokens); set it high to evaluate every one.
     #[serde(default = "default_max_documents")]
@@ -61,11 +58,11 @@ fn default_chunk() -> usize {
 impl EvalPplParams {
     fn mode_for(&self, length: usize) -> anyhow::Result<PplMode> {
         match (self.mode, self.stride) {
-            (PplModeParam::Truncate, None) => Ok(PplMode::Truncate),
-            (PplModeParam::Truncate, Some(_)) => {
+            (PplModeKind::Truncate, None) => Ok(PplMode::Truncate),
+            (PplModeKind::Truncate, Some(_)) => {
                 bail!("`stride` is only used with mode = \"sliding\"")
             }
-            (PplModeParam::Sliding, stride) => Ok(PplMode::Sliding {
+            (PplModeKind::Sliding, stride) => Ok(PplMode::Sliding {
                 stride: stride.unwrap_or((length / 2).max(1)),
             }),
         }
@@ -90,6 +87,22 @@ impl StageKind for EvalPpl {
         ])?;
         if p.stride == Some(0) {
             return Err(ParamError::new("stride", "must be at least 1"));
+        }
+        if let Some(cap) = p.document_tokens {
+            if p.mode != PplModeKind::Sliding {
+                return Err(ParamError::new(
+                    "document_tokens",
+                    "is only used with mode = \"sliding\" (truncate reads each document's first `length` tokens already)",
+                ));
+            }
+            if let Some(&l) = p.lengths.iter().find(|&&l| l > cap) {
+                return Err(ParamError::new(
+                    "document_tokens",
+                    format!(
+                        "{cap} is shorter than the length {l}: every length must fit in the evaluated prefix"
+                    ),
+                ));
+            }
         }
         for &l in &p.lengths {
             p.mode_for(l)
@@ -125,24 +138,32 @@ impl StageKind for EvalPpl {
         // Before any forward: a stage that would evaluate nothing is an error, not an empty
         // table.
         let shortest = p.lengths.iter().min().copied().unwrap_or(0);
-        if split.docs_at_least(shortest).is_empty() {
+        let (key, needed) = match p.document_tokens {
+            Some(cap) => ("document_tokens", cap),
+            None => ("lengths", shortest),
+        };
+        if split.docs_at_least(needed).is_empty() {
             bail!(
-                "`lengths`: no validation document of data `{}` has {shortest} tokens: nothing was evaluated (lower `lengths` or give the data stage longer documents)",
+                "`{key}`: no validation document of data `{}` has {needed} tokens: nothing was evaluated (lower `{key}` or give the data stage longer documents)",
                 ctx.need("data")?.instance,
             );
         }
         let mut rows = Vec::new();
         for &length in &p.lengths {
             let mode = p.mode_for(length)?;
+            let needed = p.document_tokens.unwrap_or(length);
             let chosen: Vec<usize> = split
-                .docs_at_least(length)
+                .docs_at_least(needed)
                 .into_iter()
                 .take(p.max_documents)
                 .collect();
             let docs: Vec<(String, Vec<u32>, Option<Vec<u8>>)> = chosen
                 .iter()
                 .map(|&d| {
-                    let range = split.doc_range(d);
+                    let mut range = split.doc_range(d);
+                    if let Some(cap) = p.document_tokens {
+                        range.end = range.start + cap;
+                    }
                     (
                         d.to_string(),
                         split.tokens(range.clone()),
@@ -178,7 +199,7 @@ impl StageKind for EvalPpl {
                     mode.name(),
                     nll.exp(),
                     out.rows.len(),
-                    total - split.docs_at_least(length).len(),
+                    total - split.docs_at_least(needed).len(),
                 )),
                 None => ctx.progress.message(&format!(
                     "L={length}: no validation document has {length} tokens; no rows"
@@ -197,7 +218,7 @@ mod tests {
     #[test]
     fn params_default_and_reject_unknown_keys() {
         let p: EvalPplParams = serde_json::from_str(r#"{"lengths": [128, 256]}"#).unwrap();
-        assert_eq!(p.mode, PplModeParam::Truncate);
+        assert_eq!(p.mode, PplModeKind::Truncate);
         assert_eq!(p.max_documents, 64);
         assert_eq!(p.mode_for(256).unwrap(), PplMode::Truncate);
         let p: EvalPplParams =
@@ -209,5 +230,26 @@ mod tests {
         assert!(e.contains("strid"), "{e}");
         let p: EvalPplParams = serde_json::from_str(r#"{"lengths": [8], "stride": 3}"#).unwrap();
         assert!(p.mode_for(8).unwrap_err().to_string().contains("sliding"));
+    }
+
+    #[test]
+    fn document_tokens_is_sliding_only_fits_every_length_and_keeps_old_keys() {
+        let parse = |json: &str| serde_json::from_str::<EvalPplParams>(json).unwrap();
+        let ok = parse(r#"{"lengths": [64, 128], "mode": "sliding", "document_tokens": 128}"#);
+        assert!(EvalPpl::check(&ok).is_ok());
+        let e = EvalPpl::check(&parse(r#"{"lengths": [64], "document_tokens": 128}"#)).unwrap_err();
+        assert_eq!(e.key, "document_tokens");
+        assert!(e.message.contains("sliding"), "{}", e.message);
+        let e = EvalPpl::check(&parse(
+            r#"{"lengths": [64, 256], "mode": "sliding", "document_tokens": 128}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "document_tokens");
+        assert!(e.message.contains("256"), "{}", e.message);
+        // Unset, the key is not serialised: the params (and so the cache keys) of pipelines
+        // written before it existed are unchanged.
+        let old = parse(r#"{"lengths": [64]}"#);
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("document_tokens"), "{json}");
     }
 }

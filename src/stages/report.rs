@@ -28,7 +28,8 @@ impl StageKind for Report {
     // 3: publishes `warnings.parquet` and shows the gathered instances' warnings.
     // 4: training-free models (lineage) labelled and not gated; a tick at each measured length.
     // 5: the heatmaps' dashed line is mentioned only where a model has a fine-tuning length.
-    const VERSION: u32 = 5;
+    // 6: each perplexity table says what its mode scores.
+    const VERSION: u32 = 6;
     type Params = ReportOptions;
 
     fn needs() -> Needs {

@@ -152,6 +152,43 @@ fn stages_write_their_tables() {
         );
     }
 
+    // Sliding over each document's first 256 tokens: every length scores the same 255
+    // tokens of the same documents (those with 256 tokens), so lengths compare like with like.
+    let out = tmp.path().join("ppl_capped");
+    let p: EvalPplParams = serde_json::from_value(serde_json::json!({
+        "lengths": [32, 128, 256], "mode": "sliding", "document_tokens": 256, "max_documents": 3
+    }))
+    .unwrap();
+    run::<EvalPpl>(&p, &needs(&f, false), &out, &Silent).unwrap();
+    let rows: Vec<PplRow> = table(&out);
+    assert_eq!(rows.len(), 9, "3 documents x 3 lengths");
+    assert!(rows.iter().all(|r| r.tokens == 255), "{rows:?}");
+    let docs = |l: i64| {
+        rows.iter()
+            .filter(|r| r.length == l)
+            .map(|r| r.document.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(docs(32), docs(256));
+    // At the cap the one window is the truncate window.
+    let trunc: EvalPplParams =
+        serde_json::from_value(serde_json::json!({"lengths": [256], "max_documents": 3})).unwrap();
+    let out_t = tmp.path().join("ppl_trunc256");
+    run::<EvalPpl>(&trunc, &needs(&f, false), &out_t, &Silent).unwrap();
+    let t: Vec<PplRow> = table(&out_t);
+    for (a, b) in t.iter().zip(rows.iter().filter(|r| r.length == 256)) {
+        assert_eq!(a.document, b.document);
+        assert!((a.nll - b.nll).abs() < 1e-9, "{} vs {}", a.nll, b.nll);
+    }
+    // A length-32 run over the whole documents scores more tokens: the cap is what limits it.
+    let whole: Vec<PplRow> = table(&tmp.path().join("ppl"));
+    assert!(
+        whole
+            .iter()
+            .filter(|r| r.length == 32)
+            .any(|r| r.tokens > 255)
+    );
+
     // eval_needle, then a resumed run from the same build directory does no new cell.
     let out = tmp.path().join("needle");
     let p: EvalNeedleParams = serde_json::from_value(serde_json::json!({

@@ -462,14 +462,14 @@ fn outcomes_beyond(
     let metrics: [(&'static str, Metric, bool, f64, &str); 3] = [
         (
             "PPL",
-            study.ppl_metric(&opts.ppl_mode, false),
+            study.ppl_metric(opts.ppl_mode.as_str(), false),
             true,
             1.0,
             "`ppl`",
         ),
         (
             "copy PPL",
-            study.ppl_metric(&opts.ppl_mode, true),
+            study.ppl_metric(opts.ppl_mode.as_str(), true),
             true,
             1.0,
             "`ppl.recall_nll`",

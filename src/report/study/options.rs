@@ -9,9 +9,12 @@
 //! after `@`) with seed labels (`seed-1`) removed, so `ppl@yarn,seed-1`, `needle@yarn,seed-2`
 //! and `extend@yarn,seed-1` are all the model `yarn`, seeds 1 and 2.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+
+use crate::eval::ppl::PplModeKind;
 
 /// Parameters of the study report (the `report` stage kind's parameters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -50,7 +53,7 @@ pub struct ReportOptions {
     pub ignore_axes: Vec<String>,
     /// The perplexity mode (`truncate` or `sliding`) used by the main plot and the findings;
     /// only `truncate` evaluates whole windows at the stated length.
-    pub ppl_mode: String,
+    pub ppl_mode: PplModeKind,
     /// Significance level of the findings' two-sided tests, after Holm's correction over each
     /// finding's sub-tests: a verdict for or against the claim needs an adjusted p at most
     /// `alpha`.
@@ -88,7 +91,7 @@ impl Default for ReportOptions {
             labels: BTreeMap::new(),
             label_template: None,
             ignore_axes: Vec::new(),
-            ppl_mode: "truncate".into(),
+            ppl_mode: PplModeKind::Truncate,
             alpha: 0.05,
             resamples: 10_000,
             bootstrap_seed: 0,
@@ -118,12 +121,6 @@ impl ReportOptions {
         }
         if self.resamples == 0 {
             return Err(("resamples", "must be at least 1".into()));
-        }
-        if !["truncate", "sliding"].contains(&self.ppl_mode.as_str()) {
-            return Err((
-                "ppl_mode",
-                format!("`{}` is not `truncate` or `sliding`", self.ppl_mode),
-            ));
         }
         for (key, v) in [
             ("pretrained_length", self.pretrained_length),
@@ -516,7 +513,7 @@ mod tests {
     fn options_deny_unknown_keys_and_default_the_rest() {
         let o: ReportOptions = toml::from_str("alpha = 0.1\nlabels = { yarn = \"YaRN\" }").unwrap();
         assert_eq!(o.alpha, 0.1);
-        assert_eq!(o.ppl_mode, "truncate");
+        assert_eq!(o.ppl_mode, PplModeKind::Truncate);
         assert_eq!(o.labels["yarn"], "YaRN");
         let err = toml::from_str::<ReportOptions>("alhpa = 0.1").unwrap_err();
         assert!(err.to_string().contains("unknown field `alhpa`"), "{err}");
