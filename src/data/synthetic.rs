@@ -60,6 +60,30 @@ pub struct SyntheticParams {
     pub max_section_depth: usize,
     /// Shortest distance, in words, between a definition and its recall.
     pub min_recall_distance: usize,
+    /// How a passkey document is cut into episodes. Left out of the parameters' JSON (and so of
+    /// every cache key) at its default, so that corpora built before it existed keep their keys.
+    #[serde(skip_serializing_if = "PasskeyEpisodes::is_default")]
+    pub passkey_episodes: PasskeyEpisodes,
+}
+
+/// How a passkey document is cut into episodes (key, filler, question).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PasskeyEpisodes {
+    /// Episode lengths with density 1/E^2 up to the words left: equal token mass at every
+    /// scale, so short episodes are common and an episode as long as the document is rare.
+    #[default]
+    EveryScale,
+    /// One episode spanning the whole document, the key at a uniform depth: the distance from
+    /// key to question is uniform up to the document's length, as in the needle task, so a
+    /// window of F tokens holds retrieval at every distance up to F.
+    Whole,
+}
+
+impl PasskeyEpisodes {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for SyntheticParams {
@@ -76,6 +100,7 @@ impl Default for SyntheticParams {
             zipf_exponent: 1.0,
             max_section_depth: 3,
             min_recall_distance: 8,
+            passkey_episodes: PasskeyEpisodes::EveryScale,
         }
     }
 }
@@ -499,15 +524,19 @@ impl SyntheticCorpus {
             if rem < min_episode {
                 break;
             }
-            // Density 1/E^2 on [min_episode, rem]: equal token mass at every scale, so short
-            // episodes (fully inside a training window) are common and long ones exist.
-            let (a, z) = (min_episode as f64, rem as f64);
-            let u: f64 = rng.random();
-            let mut e = (1.0 / (1.0 / a - u * (1.0 / a - 1.0 / z))).round() as usize;
-            e = e.clamp(min_episode, rem);
-            if rem - e < min_episode {
-                e = rem;
-            }
+            let e = match self.params.passkey_episodes {
+                PasskeyEpisodes::Whole => rem,
+                PasskeyEpisodes::EveryScale => {
+                    // Density 1/E^2 on [min_episode, rem]: equal token mass at every scale, so
+                    // short episodes (fully inside a training window) are common and long
+                    // ones exist.
+                    let (a, z) = (min_episode as f64, rem as f64);
+                    let u: f64 = rng.random();
+                    let e = (1.0 / (1.0 / a - u * (1.0 / a - 1.0 / z))).round() as usize;
+                    let e = e.clamp(min_episode, rem);
+                    if rem - e < min_episode { rem } else { e }
+                }
+            };
             let filler = e - self.episode_overhead();
             let before = rng.random_range(0..=filler);
             let key = Self::digits(rng, self.params.passkey_digits);
@@ -576,6 +605,72 @@ mod tests {
                 assert!(set.contains(&w.to_string()), "{w}");
             }
         }
+    }
+
+    /// Word distance from each pass key's definition ("the pass key is K") to the question
+    /// that recalls it ("what is the pass key ?"), for every episode of a document.
+    fn key_question_distances(text: &str) -> Vec<usize> {
+        let w: Vec<&str> = text.split(' ').collect();
+        let at = |i: usize, p: &[&str]| w.len() >= i + p.len() && w[i..i + p.len()] == *p;
+        let mut out = Vec::new();
+        let (mut key, mut after_question) = (None, 0);
+        for i in 0..w.len() {
+            if at(i, &["what", "is", "the", "pass", "key", "?"]) {
+                out.push(i - key.take().expect("a question after its key"));
+                // Its answer, "the pass key is K .", is no new definition.
+                after_question = i + 7;
+            } else if i >= after_question && at(i, &["the", "pass", "key", "is"]) && key.is_none() {
+                key = Some(i);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn whole_passkey_episodes_span_the_document_and_keep_the_default_key() {
+        let mut p = SyntheticParams {
+            min_tokens: 100,
+            max_tokens: 512,
+            passkey_fraction: 1.0,
+            ..SyntheticParams::default()
+        };
+        let every = SyntheticCorpus::new(&p).unwrap();
+        p.passkey_episodes = PasskeyEpisodes::Whole;
+        let whole = SyntheticCorpus::new(&p).unwrap();
+        let (mut far_whole, mut far_every) = (0, 0);
+        for i in 0..400 {
+            let d = whole.document(5, i);
+            let dist = key_question_distances(&d.text);
+            assert_eq!(dist.len(), 1, "one episode per document: {}", d.text);
+            // The question and its answer end the document.
+            assert!(d.text.ends_with(" ."), "{}", d.text);
+            let answer = d
+                .marks
+                .iter()
+                .filter(|m| m.kind == marks::PASSKEY_ANSWER)
+                .count();
+            assert_eq!(answer, p.passkey_digits);
+            far_whole += dist.iter().filter(|&&x| x >= 340).count();
+            let e = every.document(5, i);
+            far_every += key_question_distances(&e.text)
+                .iter()
+                .filter(|&&x| x >= 340)
+                .count();
+        }
+        // Distances up to the document length: a 340-512 word recall is common when the
+        // episode is the document, rare when episode lengths follow 1/E^2.
+        assert!(
+            far_whole >= 10 && far_whole > 4 * far_every,
+            "{far_whole} vs {far_every}"
+        );
+        // The default stays out of the parameters' JSON (cache keys of existing corpora).
+        let default_json = serde_json::to_value(SyntheticParams::default()).unwrap();
+        assert!(
+            default_json.get("passkey_episodes").is_none(),
+            "{default_json}"
+        );
+        let whole_json = serde_json::to_value(&p).unwrap();
+        assert_eq!(whole_json["passkey_episodes"], "whole");
     }
 
     #[test]
