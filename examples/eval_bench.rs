@@ -1,6 +1,6 @@
 //! Time and peak memory of the evaluation at one length, for docs/eval.md.
 //!
-//! `cargo run --release --example eval_bench -- <ppl|nll-fused|entropy|distance> <length>` builds the ~5M
+//! `cargo run --release --example eval_bench -- <ppl|nll-fused|attention> <length>` builds the ~5M
 //! benchmark config (hidden 256, 4 layers, 4 heads, ffn 704, vocab 4096, trained length 256,
 //! random weights), evaluates one random window of `length` tokens and prints one JSON line:
 //! seconds and the process's peak resident memory (run each length in its own process so the
@@ -11,7 +11,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ropelens::eval::attention::{attention_distance, attention_entropy};
+use ropelens::eval::attention::attention_analysis;
 use ropelens::eval::ppl::{PplDoc, PplMode, PplOptions, evaluate_ppl};
 use ropelens::model::{AttentionBlocks, Llama, LlamaConfig};
 use ropelens::progress::Silent;
@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let (what, length) = match args.as_slice() {
         [_, w, l] => (w.clone(), l.parse::<usize>()?),
         _ => anyhow::bail!(
-            "usage: eval_bench <ppl|nll-fused|entropy|distance> <length> | eval_bench save <dir>"
+            "usage: eval_bench <ppl|nll-fused|attention> <length> | eval_bench save <dir>"
         ),
     };
     let mut cfg = LlamaConfig::new(4096, 256, 4, 4, 256);
@@ -73,20 +73,10 @@ fn main() -> anyhow::Result<()> {
             let nll = ropelens::model::llama::to_f32_vec(model.nll(ids, 1024)?);
             nll.iter().map(|&v| v as f64).sum::<f64>() / nll.len() as f64
         }
-        "entropy" => {
-            let rows = attention_entropy(
-                &model,
-                &[tokens],
-                AttentionBlocks::default(),
-                1,
-                1024,
-                &Silent,
-            )?;
-            rows.last().map_or(f64::NAN, |r| r.entropy_mean)
-        }
-        "distance" => {
-            let d = attention_distance(&model, &[tokens], AttentionBlocks::default(), 1, &Silent)?;
-            d.all.mean_probability()[0]
+        "attention" => {
+            // The attention stage's one pass: every query's entropy and the distance profile.
+            let a = attention_analysis(&model, &[tokens], AttentionBlocks::default(), 1, &Silent)?;
+            a.entropy.last().map_or(f64::NAN, |r| r.entropy_mean)
         }
         other => anyhow::bail!("unknown measurement `{other}`"),
     };

@@ -3,9 +3,10 @@
 //! paper's Fig. 2) and the Jensen-Shannon divergence of that profile from a reference model's
 //! (`attention_divergence`, the paper's Table 1).
 //!
-//! Both statistics come from the model's blockwise attention (entropy through the KV cache a
-//! chunk at a time, [`forward_chunks`]; distance from [`Llama::attention_distance`]), so
-//! memory is linear in length. Query positions and relative
+//! Both statistics come from one blockwise forward per batch of windows
+//! ([`Llama::attention_distance`]: per layer, one attention pass that also gives each query's
+//! entropy, and one pass over the scores for the distance sums), so memory is linear in length
+//! and the analysis costs about one and a half plain forwards. Query positions and relative
 //! distances share one log-spaced bucketing ([`DistanceBuckets`], base 2): `0 | 1 | 2-3 | 4-7
 //! | ...`; entropy grows roughly with the log of the number of visible keys, so log buckets
 //! keep the early positions resolved.
@@ -16,10 +17,8 @@
 
 use crate::analysis::distance::{DistanceBuckets, DistanceProfile};
 use crate::analysis::divergence::align_common_support;
-use crate::model::llama::to_f32_vec;
 use crate::model::{AttentionBlocks, Llama, ids_tensor};
 
-use super::chunked::forward_chunks;
 use crate::progress::Progress;
 use crate::tables::{AttentionDistanceRow, AttentionDivergenceRow, AttentionEntropyRow};
 
@@ -53,74 +52,77 @@ fn check_windows(windows: &[Vec<u32>], what: &str) -> Result<usize> {
     Ok(len)
 }
 
-/// `attention_entropy` rows at the windows' length: mean entropy per layer, head and query
-/// bucket over all windows (batched `batch_size` at a time, each run `chunk` positions at a
-/// time through the KV cache, so that no `[seq, vocab]` logits are held).
-///
-/// Progress: phase `attention entropy L=<length>`, one step per window.
-pub fn attention_entropy(
-    model: &Llama,
-    windows: &[Vec<u32>],
-    blocks: AttentionBlocks,
-    batch_size: usize,
-    chunk: usize,
-    progress: &dyn Progress,
-) -> Result<Vec<AttentionEntropyRow>> {
-    let len = check_windows(windows, "attention entropy")?;
-    let c = model.config();
-    let (layers, heads) = (c.num_hidden_layers, c.num_attention_heads);
-    let b = buckets();
-    let nq = b.count_for_len(len as u64);
-    let bucket_of: Vec<usize> = (0..len).map(|p| b.bucket(p as u64)).collect();
-    // [layer][head][bucket]
-    let mut sum = vec![0f64; layers * heads * nq];
-    let mut count = vec![0u64; nq];
-    progress.start(&format!("attention entropy L={len}"), windows.len() as u64);
-    for batch in windows.chunks(batch_size.max(1)) {
-        let nb = batch.len();
-        forward_chunks(model, batch, chunk, Some(blocks), &mut |out| {
-            let entropy = out
-                .entropy
-                .ok_or_else(|| EvalError::Input("the model returned no entropy".into()))?;
-            // [layers, batch, heads, n]
-            let e = to_f32_vec(entropy);
-            let n = out.len;
-            for l in 0..layers {
-                for bi in 0..nb {
-                    for h in 0..heads {
-                        let row = &e[((l * nb + bi) * heads + h) * n..][..n];
-                        let base = (l * heads + h) * nq;
-                        for (i, &v) in row.iter().enumerate() {
-                            sum[base + bucket_of[out.start + i]] += v as f64;
-                        }
-                    }
+/// Entropy sums per layer, head and query bucket at one length.
+struct EntropySums {
+    len: usize,
+    layers: usize,
+    heads: usize,
+    /// The query bucket of each position.
+    bucket_of: Vec<usize>,
+    /// `[layer][head][bucket]`.
+    sum: Vec<f64>,
+    /// `[bucket]`: queries summed per (layer, head).
+    count: Vec<u64>,
+}
+
+impl EntropySums {
+    fn new(len: usize, layers: usize, heads: usize) -> Self {
+        let b = buckets();
+        let nq = b.count_for_len(len as u64);
+        EntropySums {
+            len,
+            layers,
+            heads,
+            bucket_of: (0..len).map(|p| b.bucket(p as u64)).collect(),
+            sum: vec![0f64; layers * heads * nq],
+            count: vec![0u64; nq],
+        }
+    }
+
+    /// Adds one layer's entropy `[batch, heads, len]` (row-major) of `batch` windows.
+    fn add_layer(&mut self, layer: usize, e: &[f32], batch: usize) {
+        let (heads, len, nq) = (self.heads, self.len, self.count.len());
+        for bi in 0..batch {
+            for h in 0..heads {
+                let row = &e[(bi * heads + h) * len..][..len];
+                let base = (layer * heads + h) * nq;
+                for (p, &v) in row.iter().enumerate() {
+                    self.sum[base + self.bucket_of[p]] += v as f64;
                 }
             }
-            Ok(())
-        })?;
-        for &k in &bucket_of {
-            count[k] += nb as u64;
         }
-        progress.advance(nb as u64);
     }
-    let mut rows = Vec::with_capacity(layers * heads * nq);
-    for l in 0..layers {
-        for h in 0..heads {
-            for (k, &n) in count.iter().enumerate() {
-                let (lo, hi) = b.edges(k);
-                rows.push(AttentionEntropyRow {
-                    length: len as i64,
-                    layer: l as i64,
-                    head: h as i64,
-                    query_bucket_lo: lo as i64,
-                    query_bucket_hi: (hi as usize).min(len - 1) as i64,
-                    queries: n as i64,
-                    entropy_mean: sum[(l * heads + h) * nq + k] / n as f64,
-                });
+
+    /// Counts `batch` more windows (after their layers were added).
+    fn add_windows(&mut self, batch: usize) {
+        for &k in &self.bucket_of {
+            self.count[k] += batch as u64;
+        }
+    }
+
+    /// One row per layer, head and query bucket: the mean entropy over the windows.
+    fn rows(&self) -> Vec<AttentionEntropyRow> {
+        let b = buckets();
+        let nq = self.count.len();
+        let mut rows = Vec::with_capacity(self.layers * self.heads * nq);
+        for l in 0..self.layers {
+            for h in 0..self.heads {
+                for (k, &n) in self.count.iter().enumerate() {
+                    let (lo, hi) = b.edges(k);
+                    rows.push(AttentionEntropyRow {
+                        length: self.len as i64,
+                        layer: l as i64,
+                        head: h as i64,
+                        query_bucket_lo: lo as i64,
+                        query_bucket_hi: (hi as usize).min(self.len - 1) as i64,
+                        queries: n as i64,
+                        entropy_mean: self.sum[(l * self.heads + h) * nq + k] / n as f64,
+                    });
+                }
             }
         }
+        rows
     }
-    Ok(rows)
 }
 
 /// Attention by distance of a model at one length: one profile per head of each layer, per
@@ -137,30 +139,46 @@ pub struct DistanceResult {
     pub all: DistanceProfile,
 }
 
-/// Attention-by-distance profiles over all windows (batched `batch_size` at a time).
+/// What one analysis pass over a length's windows gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionAnalysis {
+    /// `attention_entropy` rows: mean entropy per layer, head and query bucket.
+    pub entropy: Vec<AttentionEntropyRow>,
+    /// The distance profiles.
+    pub distance: DistanceResult,
+}
+
+/// Attention entropy by query position and attention-by-distance profiles over all windows
+/// (batched `batch_size` at a time), both from one forward per batch
+/// ([`Llama::attention_distance`]).
 ///
-/// Progress: phase `attention distance L=<length>`, one step per window.
-pub fn attention_distance(
+/// Progress: phase `attention L=<length>`, one step per window.
+pub fn attention_analysis(
     model: &Llama,
     windows: &[Vec<u32>],
     blocks: AttentionBlocks,
     batch_size: usize,
     progress: &dyn Progress,
-) -> Result<DistanceResult> {
-    let len = check_windows(windows, "attention distance")?;
+) -> Result<AttentionAnalysis> {
+    let len = check_windows(windows, "attention analysis")?;
     let c = model.config();
     let (layers, heads) = (c.num_hidden_layers, c.num_attention_heads);
     let edges = distance_edges(len);
     let nb = edges.len() - 1;
+    let mut entropy = EntropySums::new(len, layers, heads);
     // [layer][head][bucket]
     let mut mass = vec![vec![vec![0f64; nb]; heads]; layers];
     let mut pairs = vec![0u64; nb];
     let mut rows = 0u64;
-    progress.start(&format!("attention distance L={len}"), windows.len() as u64);
+    progress.start(&format!("attention L={len}"), windows.len() as u64);
     let device = model.device();
     for batch in windows.chunks(batch_size.max(1)) {
         let ids = ids_tensor(batch, &device)?;
         let p = model.attention_distance(ids, &edges, blocks)?;
+        for (l, e) in p.entropy.iter().enumerate() {
+            entropy.add_layer(l, e, batch.len());
+        }
+        entropy.add_windows(batch.len());
         for (m, layer) in mass.iter_mut().zip(&p.prob_sum) {
             for (mh, head) in m.iter_mut().zip(layer) {
                 for (a, v) in mh.iter_mut().zip(head) {
@@ -195,11 +213,14 @@ pub fn attention_distance(
         .map(|hs| merged(&mut hs.iter()))
         .collect::<std::result::Result<_, _>>()?;
     let all = merged(&mut layers.iter())?;
-    Ok(DistanceResult {
-        length: len,
-        heads,
-        layers,
-        all,
+    Ok(AttentionAnalysis {
+        entropy: entropy.rows(),
+        distance: DistanceResult {
+            length: len,
+            heads,
+            layers,
+            all,
+        },
     })
 }
 

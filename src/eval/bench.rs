@@ -3,8 +3,8 @@
 //!
 //! For each length, one random window (seeded) goes through the work a stage does on it:
 //! `ppl` is `eval_ppl`'s per-token NLL of the window ([`window_nll`]: one forward, the head and
-//! loss in chunks), `entropy` the `attention` stage's entropy pass, `distance` its distance
-//! profile. Reported: load time, median wall seconds, tokens/s, and the process's peak
+//! loss in chunks), `attention` the `attention` stage's one pass (every query's entropy and
+//! the attention mass by distance). Reported: load time, median wall seconds, tokens/s, and the process's peak
 //! resident memory so far (run lengths in increasing order, or one per process, to read the
 //! peak of each).
 
@@ -18,7 +18,7 @@ use crate::model::bench::process_cpu_s;
 use crate::model::{AttentionBlocks, GreedyOptions, greedy_decode, load_llama};
 use crate::progress::Silent;
 
-use super::attention::{attention_distance, attention_entropy};
+use super::attention::attention_analysis;
 use super::chunked::window_nll;
 use super::{EvalError, Result};
 
@@ -27,10 +27,9 @@ use super::{EvalError, Result};
 pub enum EvalWork {
     /// Per-token NLL of the window (the `eval_ppl` stage).
     Ppl,
-    /// Attention entropy of every query (the `attention` stage's entropy pass).
-    Entropy,
-    /// Attention mass by distance (the `attention` stage's distance pass).
-    Distance,
+    /// Attention entropy of every query and attention mass by distance (the `attention`
+    /// stage's one pass).
+    Attention,
     /// Greedy decoding with the KV cache (the needle task): `seconds` is the prompt's prefill
     /// and first token (`cpu_s` covers both runs), `decode_token_s` each further token (16 of them).
     Generate,
@@ -111,18 +110,8 @@ pub fn bench_eval(
                 EvalWork::Ppl => {
                     window_nll(&model, &windows, chunk)?;
                 }
-                EvalWork::Entropy => {
-                    attention_entropy(
-                        &model,
-                        &windows,
-                        AttentionBlocks::flash(),
-                        1,
-                        length,
-                        &Silent,
-                    )?;
-                }
-                EvalWork::Distance => {
-                    attention_distance(&model, &windows, AttentionBlocks::flash(), 1, &Silent)?;
+                EvalWork::Attention => {
+                    attention_analysis(&model, &windows, AttentionBlocks::flash(), 1, &Silent)?;
                 }
                 EvalWork::Generate => {
                     let decode_n = |n: usize| GreedyOptions {

@@ -13,6 +13,9 @@
 //!   elsewhere (CUDA) it is built from tensor ops.
 //! - [`distance_sums`]: a second pass over the blocks that sums attention probabilities by
 //!   relative distance `d = query position - key position` (also [`super::flash`] on the CPU).
+//! - [`attend_profile`]: [`attend_blockwise`] with entropy and the distance sums bucketed; on
+//!   the CPU one pass of the fused kernel ([`flash::flash_attention_profile`]), elsewhere the
+//!   two passes above.
 //!
 //! Shapes: queries `[batch, heads, q_len, head_dim]`, keys and values
 //! `[batch, kv_heads, k_len, head_dim]`. Query `i` sits at key position `i + q_offset` and sees
@@ -288,6 +291,40 @@ pub fn attend_blockwise(
     }
     let entropy = want_entropy.then(|| Tensor::cat(ents, 2));
     (Tensor::cat(outs, 2), Tensor::cat(lses, 2), entropy)
+}
+
+/// A causal forward's attention (`q_offset` 0) with every query's entropy and the attention
+/// probability summed by distance bucket (`edges` as in [`flash::flash_attention_profile`]):
+/// output `[b, heads, t, d]`, entropy `[b, heads, t]`, sums `[heads * (edges.len() - 1)]`.
+pub fn attend_profile(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    blocks: AttentionBlocks,
+    edges: &[usize],
+) -> (Tensor<4>, Tensor<3>, Vec<f64>) {
+    let device = q.device();
+    if flash::available(&device) {
+        let shape = FlashShape::of(&q, &k, 0);
+        let (q, k, v) = (to_f32_vec(q), to_f32_vec(k), to_f32_vec(v));
+        let (out, sums) = flash::flash_attention_profile(&q, &k, &v, shape, blocks, edges);
+        let (o, _, e) = out.into_tensors(shape, &device);
+        return (o, e.expect("entropy requested"), sums);
+    }
+    let [_, heads, q_len, _] = q.dims();
+    let (o, lse, e) = attend_blockwise(q.clone(), k.clone(), v, 0, blocks, true);
+    let max_d = (*edges.last().expect("edges")).min(q_len);
+    let per_distance = distance_sums(q, k, lse, 0, blocks, max_d);
+    let nb = edges.len() - 1;
+    let mut sums = vec![0f64; heads * nb];
+    for h in 0..heads {
+        for d in 0..max_d {
+            if let Some(b) = edges.windows(2).position(|w| w[0] <= d && d < w[1]) {
+                sums[h * nb + b] += per_distance[h * max_d + d];
+            }
+        }
+    }
+    (o, e.expect("entropy requested"), sums)
 }
 
 /// Sums of attention probabilities by relative distance, one head at a time summed over the

@@ -299,6 +299,33 @@ pub fn flash_attention(
     flash_attention_strided(q, k, v, shape, shape.k_len, blocks, want_entropy)
 }
 
+/// [`flash_attention`] with the entropy and, in the same pass, the attention probability
+/// summed by relative distance `d = (i + q_offset) - j` into the buckets `edges` (strictly
+/// increasing; bucket `b` = `edges[b] <= d < edges[b + 1]`; larger distances are left out):
+/// `[heads * (edges.len() - 1)]`, summed over the batch and the queries.
+///
+/// Each query row keeps one accumulator per bucket beside its output row, rescaled with it
+/// whenever the row's running maximum grows, and divided by the row's sum at the end: the
+/// probabilities are never computed twice (what [`distance_sums`], the two-pass form, does).
+///
+/// # Panics
+/// As [`flash_attention`], or if `edges` has fewer than 2 values or is not increasing.
+pub fn flash_attention_profile(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: FlashShape,
+    blocks: AttentionBlocks,
+    edges: &[usize],
+) -> (FlashOutput, Vec<f64>) {
+    assert!(
+        edges.len() >= 2 && edges.windows(2).all(|w| w[0] < w[1]),
+        "distance bucket edges must be at least 2 increasing values, got {edges:?}"
+    );
+    let (out, sums) = flash_core(q, k, v, shape, shape.k_len, blocks, true, Some(edges));
+    (out, sums.expect("edges given"))
+}
+
 /// [`flash_attention`] with k and v laid out `[batch, kv_heads, k_stride, head_dim]`, of which
 /// the first `k_len` positions of each head are the keys (a KV cache with room to grow).
 ///
@@ -313,6 +340,21 @@ pub fn flash_attention_strided(
     blocks: AttentionBlocks,
     want_entropy: bool,
 ) -> FlashOutput {
+    flash_core(q, k, v, shape, k_stride, blocks, want_entropy, None).0
+}
+
+/// The kernel of [`flash_attention_strided`] and [`flash_attention_profile`].
+#[allow(clippy::too_many_arguments)]
+fn flash_core(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: FlashShape,
+    k_stride: usize,
+    blocks: AttentionBlocks,
+    want_entropy: bool,
+    edges: Option<&[usize]>,
+) -> (FlashOutput, Option<Vec<f64>>) {
     assert!(k_stride >= shape.k_len, "key stride below the key count");
     assert!(
         shape.q_offset < shape.k_len || shape.q_len == 0,
@@ -331,8 +373,10 @@ pub fn flash_attention_strided(
     let scale = (d as f64).powf(-0.5) as f32;
     let kv_size = s.k_len * d;
     let kv_block = k_stride * d;
-    // Per task: its output rows, log-sum-exps and entropies (empty unless asked for).
-    type TaskOut = (Task, Vec<f32>, Vec<f32>, Vec<f32>);
+    let nb = edges.map_or(0, |e| e.len() - 1);
+    // Per task: its output rows, log-sum-exps, entropies (empty unless asked for) and distance
+    // sums `[groups, buckets]` (empty without edges).
+    type TaskOut = (Task, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f64>);
     let results: Vec<TaskOut> = tasks(&s, bq)
         .into_par_iter()
         .map(|t| {
@@ -344,6 +388,8 @@ pub fn flash_attention_strided(
             let mut m = vec![f32::NEG_INFINITY; rows];
             let mut l = vec![0f32; rows];
             let mut a = vec![0f32; if want_entropy { rows } else { 0 }];
+            // [rows, buckets]: probability mass by distance bucket, unnormalised like `acc`.
+            let mut mass = vec![0f32; rows * nb];
             let k_end = s.k_len.min(t.q_start + t.nq + s.q_offset);
             for k_start in (0..k_end).step_by(bk) {
                 let nk = bk.min(k_end - k_start);
@@ -377,6 +423,13 @@ pub fn flash_attention_strided(
                     if alpha != 1.0 {
                         acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
                     }
+                    if let Some(edges) = edges {
+                        let mass = &mut mass[r * nb..(r + 1) * nb];
+                        if alpha != 1.0 {
+                            mass.iter_mut().for_each(|x| *x *= alpha);
+                        }
+                        add_by_distance(mass, &row[..n], pos - k_start, edges);
+                    }
                 }
                 accumulate_pv(
                     &mut acc,
@@ -388,6 +441,7 @@ pub fn flash_attention_strided(
                 );
             }
             let mut lse = vec![0f32; rows];
+            let mut dist = vec![0f64; g * nb];
             for r in 0..rows {
                 let inv = 1.0 / l[r];
                 acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= inv);
@@ -395,15 +449,33 @@ pub fn flash_attention_strided(
                 if want_entropy {
                     a[r] = l[r].ln() - a[r] * inv;
                 }
+                let gi = r / t.nq;
+                for (dst, x) in dist[gi * nb..(gi + 1) * nb]
+                    .iter_mut()
+                    .zip(&mass[r * nb..(r + 1) * nb])
+                {
+                    *dst += (x * inv) as f64;
+                }
             }
-            (t, acc, lse, a)
+            (t, acc, lse, a, dist)
         })
         .collect();
     let mut out = vec![0f32; q.len()];
     let mut lse = vec![0f32; s.batch * s.heads * s.q_len];
     let mut entropy = want_entropy.then(|| vec![0f32; lse.len()]);
-    for (t, acc, l, a) in results {
+    // Summed in task order: the same numbers for any number of threads.
+    let mut sums = edges.map(|_| vec![0f64; s.heads * nb]);
+    for (t, acc, l, a, dist) in results {
         for gi in 0..g {
+            if let Some(sums) = sums.as_mut() {
+                let h = t.kvh * g + gi;
+                for (dst, x) in sums[h * nb..(h + 1) * nb]
+                    .iter_mut()
+                    .zip(&dist[gi * nb..(gi + 1) * nb])
+                {
+                    *dst += x;
+                }
+            }
             let row0 = (t.b * s.heads + t.kvh * g + gi) * s.q_len + t.q_start;
             let src = gi * t.nq..(gi + 1) * t.nq;
             out[row0 * d..(row0 + t.nq) * d].copy_from_slice(&acc[src.start * d..src.end * d]);
@@ -413,7 +485,24 @@ pub fn flash_attention_strided(
             }
         }
     }
-    FlashOutput { out, lse, entropy }
+    (FlashOutput { out, lse, entropy }, sums)
+}
+
+/// Adds a query row's block of probabilities `p` (key `j` of the block at distance `top - j`)
+/// to its distance buckets `mass`.
+fn add_by_distance(mass: &mut [f32], p: &[f32], top: usize, edges: &[usize]) {
+    let last = p.len() - 1;
+    for (b, w) in edges.windows(2).enumerate() {
+        let (lo, hi) = (w[0], w[1]);
+        if lo > top {
+            break;
+        }
+        // lo <= top - j < hi  <=>  top - hi < j <= top - lo
+        let (j_lo, j_hi) = ((top + 1).saturating_sub(hi), (top - lo).min(last));
+        if j_lo <= j_hi {
+            mass[b] += simd::sum(&p[j_lo..=j_hi]);
+        }
+    }
 }
 
 /// Sums of attention probabilities by relative distance per head, summed over the batch:
@@ -497,7 +586,7 @@ pub fn distance_sums(
 /// Whether [`attend`] runs on `device`: burn's CPU backend without autodiff (the kernel reads
 /// and writes host memory and has no backward).
 pub fn available(device: &Device) -> bool {
-    !device.is_autodiff() && *device == Device::flex()
+    crate::model::host_op::forward_available(device)
 }
 
 impl FlashShape {
@@ -672,7 +761,22 @@ pub mod simd {
         m + exp_shifted_impl::<FMA>(x, m, false).0.ln()
     }
 
+    /// `sum_j x_j` with [`LANES`] partial sums.
+    #[inline(always)]
+    fn sum_impl<const FMA: bool>(x: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let chunks = x.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                *a += v;
+            }
+        }
+        acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+    }
+
     dispatch!(pub max, max_impl, (x: &[f32]) -> f32);
+    dispatch!(pub sum, sum_impl, (x: &[f32]) -> f32);
     dispatch!(pub logsumexp, logsumexp_impl, (x: &mut [f32]) -> f32);
     dispatch!(pub exp_shifted, exp_shifted_impl, (x: &mut [f32], shift: f32, with_px: bool) -> (f32, f32));
 }
@@ -728,6 +832,53 @@ mod tests {
                 assert!(diff < 2e-5, "entropy {case}: {diff}");
                 let dist = sums(q.clone(), k.clone(), lse, cached, blk, max_d);
                 for (g, w) in dist.iter().zip(&want_dist) {
+                    assert!((g - w).abs() < 1e-4, "distance {case}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    /// The one-pass profile against the materialized probabilities bucketed by hand, and its
+    /// output and entropy against the plain kernel's, bit for bit; bucket edges that end before
+    /// the longest distance and blocks of every size.
+    #[test]
+    fn one_pass_profile_matches_the_materialized_probabilities() {
+        let blocks = [
+            AttentionBlocks { query: 7, key: 5 },
+            AttentionBlocks { query: 64, key: 3 },
+            AttentionBlocks::flash(),
+        ];
+        for (heads, kv, n, d, edges) in [
+            (6, 2, 37, 16, vec![0, 1, 2, 4, 8, 16, 32, 64]),
+            (4, 4, 29, 8, vec![0, 3, 10, 11, 20]),
+        ] {
+            let [q, k, v] = random_qkv(heads, kv, n, n, d);
+            let (_, probs) = attend_materialized(q.clone(), k.clone(), v.clone(), 0, true);
+            let p = to_f32_vec(probs.unwrap());
+            let nb = edges.len() - 1;
+            let mut want = vec![0f64; heads * nb];
+            for b in 0..2 {
+                for h in 0..heads {
+                    for i in 0..n {
+                        for j in 0..=i {
+                            let dd = i - j;
+                            if let Some(bi) = edges.windows(2).position(|w| w[0] <= dd && dd < w[1])
+                            {
+                                want[h * nb + bi] += p[((b * heads + h) * n + i) * n + j] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            let shape = FlashShape::of(&q, &k, 0);
+            let (qs, ks, vs) = (to_f32_vec(q), to_f32_vec(k), to_f32_vec(v));
+            for blk in blocks {
+                let case = format!("heads {heads}/{kv}, n {n}, {blk:?}, edges {edges:?}");
+                let (out, got) = flash_attention_profile(&qs, &ks, &vs, shape, blk, &edges);
+                let plain = flash_attention(&qs, &ks, &vs, shape, blk, true);
+                assert!(out.out == plain.out, "output {case}");
+                assert!(out.entropy == plain.entropy, "entropy {case}");
+                for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() < 1e-4, "distance {case}: {g} vs {w}");
                 }
             }

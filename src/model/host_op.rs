@@ -4,8 +4,10 @@
 //! [`Backward`] step registers the inputs' gradients. Used by [`super::flash_grad`] (attention)
 //! and [`super::fused`] (RMSNorm, SwiGLU, RoPE, the loss).
 //!
-//! On any other device (another backend, no autodiff, gradient checkpointing) the model uses
-//! burn's decomposed form of the same function; [`available`] says which.
+//! On burn's CPU backend without autodiff (evaluation) the same kernels run forward only, on
+//! the tensors' own buffers ([`plain_input`], [`plain_output`]). On any other device (another
+//! backend, gradient checkpointing) the model uses burn's decomposed form of the same function;
+//! [`path`] says which.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -24,6 +26,50 @@ pub fn available(device: &Device) -> bool {
     device.is_autodiff()
         && device.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Disabled)
         && *device == Device::flex()
+}
+
+/// Where a fused op runs on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPath {
+    /// Host kernels with a recorded backward: the CPU training device ([`available`]).
+    Tracked,
+    /// Host kernels, forward only: burn's CPU backend without autodiff (evaluation).
+    Forward,
+    /// burn's decomposed form: any other device.
+    Decomposed,
+}
+
+/// Which [`HostPath`] the fused ops take on `device`.
+pub fn path(device: &Device) -> HostPath {
+    if available(device) {
+        HostPath::Tracked
+    } else if forward_available(device) {
+        HostPath::Forward
+    } else {
+        HostPath::Decomposed
+    }
+}
+
+/// Whether the forward-only host kernels run on `device`: burn's CPU backend without autodiff.
+pub fn forward_available(device: &Device) -> bool {
+    !device.is_autodiff() && *device == Device::flex()
+}
+
+/// A float tensor of the evaluation device ([`forward_available`]) as its contiguous `f32`
+/// buffer (copied only if it is strided).
+///
+/// # Panics
+/// If `t` is not on such a device or not `f32`.
+pub(crate) fn plain_input<const D: usize>(t: Tensor<D>) -> FlexTensor {
+    contiguous(
+        t.try_into_primitive::<Flex>()
+            .expect("a forward-only host op needs the CPU device without autodiff"),
+    )
+}
+
+/// A host buffer of the evaluation device as a tensor.
+pub(crate) fn plain_output<const D: usize>(t: FlexTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(t)
 }
 
 /// A float tensor of the training device as its contiguous `f32` buffer (copied only if it is

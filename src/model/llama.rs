@@ -17,9 +17,10 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::embedding;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 use super::attention::{
-    AttentionBlocks, attend_blockwise, attend_fused, attend_materialized, distance_sums,
+    AttentionBlocks, attend_blockwise, attend_fused, attend_materialized, attend_profile,
 };
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
@@ -215,6 +216,9 @@ pub struct DistanceProfile {
     pub prob_sum: Vec<Vec<Vec<f64>>>,
     /// `[bucket]`: number of causal (query, key) pairs in the bucket over the batch.
     pub pair_count: Vec<u64>,
+    /// `[layer]`: every query's attention entropy (nats), `[batch, heads, seq]` row-major,
+    /// from the same attention pass.
+    pub entropy: Vec<Vec<f32>>,
 }
 
 impl DistanceProfile {
@@ -576,11 +580,21 @@ impl Llama {
         for s in (0..t - 1).step_by(chunk) {
             let n = chunk.min(t - 1 - s);
             let mut logits = to_f32_vec(self.head(hidden.clone().narrow(1, s, n)));
-            for (r, row) in logits.chunks_mut(vocab).enumerate() {
+            // One row per task: at 49K-word vocabularies the pass over the logits is as long
+            // as a layer's MLP.
+            let row_nll: Vec<f32> = logits
+                .par_chunks_mut(vocab)
+                .enumerate()
+                .map(|(r, row)| {
+                    let (bi, i) = (r / n, r % n);
+                    let target = targets[bi * t + s + i + 1] as usize;
+                    let picked = row[target];
+                    flash::simd::logsumexp(row) - picked
+                })
+                .collect();
+            for (r, v) in row_nll.into_iter().enumerate() {
                 let (bi, i) = (r / n, r % n);
-                let target = targets[bi * t + s + i + 1] as usize;
-                let picked = row[target];
-                nll[bi * (t - 1) + s + i] = flash::simd::logsumexp(row) - picked;
+                nll[bi * (t - 1) + s + i] = v;
             }
         }
         Ok(Tensor::from_data(
@@ -629,7 +643,8 @@ impl Llama {
 
     /// Mean attention probability by relative distance `d = query - key`, bucketed by `edges`
     /// (strictly increasing; bucket `i` = `[edges[i], edges[i + 1])`), per layer and head, over
-    /// the batch and all causal pairs. Two blockwise passes per layer; memory linear in length.
+    /// the batch and all causal pairs, and every query's attention entropy: per layer one
+    /// blockwise attention pass ([`attend_profile`]); memory linear in length.
     pub fn attention_distance(
         &self,
         ids: Tensor<2, Int>,
@@ -649,27 +664,18 @@ impl Llama {
         let rot = self.rope_tables(0, t, t, &device);
         let mut x = embedding(self.embed_tokens.val(), ids);
         let nb = edges.len() - 1;
-        let bucket_of = |d: usize| edges.windows(2).position(|w| w[0] <= d && d < w[1]);
         let mut prob_sum = Vec::new();
+        let mut entropy = Vec::new();
         for layer in &self.layers {
             let h = layer.input_layernorm.forward(x.clone());
             let a = &layer.self_attn;
             let (q, k, v) = a.qkv(h, (heads, kv_heads, hd), &rot);
-            let (o, lse, _) = attend_blockwise(q.clone(), k.clone(), v, 0, blocks, false);
-            let sums = distance_sums(q, k, lse, 0, blocks, max_d);
-            let mut layer_sums = vec![vec![0f64; nb]; heads];
-            for (hi, head_sums) in layer_sums.iter_mut().enumerate() {
-                for d in 0..max_d {
-                    if let Some(bi) = bucket_of(d) {
-                        head_sums[bi] += sums[hi * max_d + d];
-                    }
-                }
-            }
-            prob_sum.push(layer_sums);
-            let o = o.swap_dims(1, 2).reshape([b, t, heads * hd]);
-            x = x + a.o_proj.forward(o);
-            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+            let (o, e, sums) = attend_profile(q, k, v, blocks, edges);
+            entropy.push(to_f32_vec(e));
+            prob_sum.push(sums.chunks(nb).map(<[f64]>::to_vec).collect());
+            x = self.finish_layer(layer, x, o, [b, t, heads * hd]);
         }
+        let bucket_of = |d: usize| edges.windows(2).position(|w| w[0] <= d && d < w[1]);
         let mut pair_count = vec![0u64; nb];
         for d in 0..max_d {
             if let Some(bi) = bucket_of(d) {
@@ -680,6 +686,7 @@ impl Llama {
             edges: edges.to_vec(),
             prob_sum,
             pair_count,
+            entropy,
         })
     }
 

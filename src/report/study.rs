@@ -928,8 +928,8 @@ fn ablation_section(md: &mut String, study: &Study, opts: &ReportOptions, figs: 
     if arms.is_empty() {
         let _ = writeln!(
             md,
-            "Not shown: no rows from stages matching {:?} (the `ablation` option).\n",
-            opts.ablation
+            "Not shown: no rows from {}.\n",
+            study.ablation_rule(opts)
         );
         return;
     }

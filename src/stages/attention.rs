@@ -12,9 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::eval_io::{check_lengths, check_positive, load_model, open_data, write_rows};
 use super::{Ctx, NeedDecl, Needs, ParamError, Resources, StageKind};
 use crate::data::PreparedData;
-use crate::eval::attention::{
-    DistanceResult, attention_distance, attention_entropy, distance_rows, divergence_row,
-};
+use crate::eval::attention::{attention_analysis, distance_rows, divergence_row};
 use crate::model::AttentionBlocks;
 
 /// Attention entropy, distance profile and divergence.
@@ -39,10 +37,6 @@ pub struct AttentionParams {
     /// Keys per attention block.
     #[serde(default = "default_key_block")]
     pub key_block: usize,
-    /// Positions per forward step of the entropy pass (through the KV cache; bounds the
-    /// `[batch, chunk, vocab]` logits).
-    #[serde(default = "default_chunk")]
-    pub chunk: usize,
     /// Length at which the reference model's profile is measured; default its
     /// `max_position_embeddings` (its pretrained length). Only with a `reference` need.
     #[serde(default)]
@@ -61,9 +55,6 @@ fn default_query_block() -> usize {
 fn default_key_block() -> usize {
     1024
 }
-fn default_chunk() -> usize {
-    1024
-}
 
 /// Validation windows of `length` tokens, at most `count`.
 fn windows(data: &PreparedData, length: usize, count: usize) -> Vec<Vec<u32>> {
@@ -77,7 +68,9 @@ fn windows(data: &PreparedData, length: usize, count: usize) -> Vec<Vec<u32>> {
 impl StageKind for Attention {
     const KIND: &'static str = "attention";
     // 2: `attention_distance` has per-head rows (`head` column).
-    const VERSION: u32 = 2;
+    // 3: entropy and distance from one forward, with the fused RMSNorm, SwiGLU and RoPE kernels
+    // (last bits move; no `chunk` key).
+    const VERSION: u32 = 3;
     type Params = AttentionParams;
 
     fn needs() -> Needs {
@@ -99,7 +92,6 @@ impl StageKind for Attention {
             ("batch_size", p.batch_size),
             ("query_block", p.query_block),
             ("key_block", p.key_block),
-            ("chunk", p.chunk),
         ])?;
         if let Some(l) = p.reference_length {
             check_lengths(&[l], 2, "reference_length")?;
@@ -145,8 +137,9 @@ impl StageKind for Attention {
                      (set `reference_length`)"
                 );
             }
-            let profile = attention_distance(&reference, &w, blocks, p.batch_size, ctx.progress)
-                .with_context(|| format!("reference `{name}` at length {length}"))?;
+            let profile = attention_analysis(&reference, &w, blocks, p.batch_size, ctx.progress)
+                .with_context(|| format!("reference `{name}` at length {length}"))?
+                .distance;
             Some((profile, name))
         } else {
             None
@@ -163,13 +156,10 @@ impl StageKind for Attention {
                 ));
                 continue;
             }
-            entropy_rows.extend(
-                attention_entropy(&model, &w, blocks, p.batch_size, p.chunk, ctx.progress)
-                    .with_context(|| format!("attention entropy at length {length}"))?,
-            );
-            let d: DistanceResult =
-                attention_distance(&model, &w, blocks, p.batch_size, ctx.progress)
-                    .with_context(|| format!("attention distance at length {length}"))?;
+            let a = attention_analysis(&model, &w, blocks, p.batch_size, ctx.progress)
+                .with_context(|| format!("attention analysis at length {length}"))?;
+            entropy_rows.extend(a.entropy);
+            let d = a.distance;
             distance.extend(distance_rows(&d)?);
             if let Some((r, name)) = &reference {
                 let row = divergence_row(&d, r, name)?;

@@ -107,7 +107,8 @@ impl EvalNeedleParams {
 impl StageKind for EvalNeedle {
     const KIND: &'static str = "eval_needle";
     // 2: Algorithm 1's entropy stops at the expected answer's length (`entropy_over`).
-    const VERSION: u32 = 2;
+    // 3: the forward's fused RMSNorm, SwiGLU and RoPE kernels on the CPU (as `eval_ppl` 2).
+    const VERSION: u32 = 3;
     type Params = EvalNeedleParams;
 
     fn needs() -> Needs {

@@ -71,7 +71,9 @@ impl EvalPplParams {
 
 impl StageKind for EvalPpl {
     const KIND: &'static str = "eval_ppl";
-    const VERSION: u32 = 1;
+    // 2: on the CPU the forward runs the fused RMSNorm, SwiGLU and RoPE kernels (forward only,
+    // `host_op::HostPath::Forward`), whose last bits differ from burn's decomposed forms.
+    const VERSION: u32 = 2;
     type Params = EvalPplParams;
 
     fn needs() -> Needs {

@@ -16,7 +16,7 @@ use burn::tensor::{Device, Tensor};
 use ropelens::analysis::distance::DistanceProfile;
 use ropelens::analysis::scoring::score_reply;
 use ropelens::eval::attention::{
-    DistanceResult, attention_distance, attention_entropy, buckets, distance_rows, divergence_row,
+    DistanceResult, attention_analysis, buckets, distance_rows, divergence_row,
 };
 use ropelens::eval::needle::{
     DecodeSettings, EntropySpan, NeedleCell, NeedleGrid, NeedlePrompt, TrialLog, failed,
@@ -420,7 +420,9 @@ fn attention_entropy_of_uniform_and_one_hot_rows() {
         ids[50..50 + len].to_vec(),
     ];
     let blocks = AttentionBlocks { query: 16, key: 24 };
-    let rows = attention_entropy(&model, &windows, blocks, 2, 24, &Silent).unwrap();
+    let rows = attention_analysis(&model, &windows, blocks, 2, &Silent)
+        .unwrap()
+        .entropy;
     let c = model.config();
     let nb = buckets().count_for_len(len as u64);
     assert_eq!(rows.len(), c.num_hidden_layers * c.num_attention_heads * nb);
@@ -445,7 +447,9 @@ fn attention_distance_of_uniform_attention() {
     let len = 40;
     let windows = vec![ids[..len].to_vec(), ids[60..60 + len].to_vec()];
     let blocks = AttentionBlocks { query: 16, key: 8 };
-    let d = attention_distance(&model, &windows, blocks, 1, &Silent).unwrap();
+    let d = attention_analysis(&model, &windows, blocks, 1, &Silent)
+        .unwrap()
+        .distance;
     // Uniform attention: the key at distance d from query p gets 1 / (p + 1).
     let b = buckets();
     let heads = model.config().num_attention_heads as f64;

@@ -217,13 +217,83 @@ fn cross_entropy_refuses_a_target_outside_the_vocabulary() {
     );
 }
 
-/// Off the CPU training device (here: without autodiff) each function is burn's decomposed form,
-/// bit for bit (the evaluation forward's numbers do not move).
+/// On the evaluation device (the CPU without autodiff) each function runs the training
+/// device's kernel forward only: the tracked forward's values bit for bit, torch's to 1e-6.
 #[test]
-fn off_the_training_device_the_decomposed_form_runs() {
+fn the_evaluation_device_runs_the_training_kernels_forward() {
     let a = arrays();
-    let device = Device::flex();
-    assert!(!host_op::available(&device));
+    let eval = Device::flex();
+    assert_eq!(host_op::path(&eval), host_op::HostPath::Forward);
+    let train = train_device();
+    let both = |f: &dyn Fn(&Device) -> Vec<f32>| (f(&eval), f(&train));
+
+    let (e, t) = both(&|d| {
+        to_f32_vec(norm::rms_norm(
+            tensor::<3>(&a, "norm.x", d),
+            tensor::<1>(&a, "norm.w", d),
+            1e-6,
+        ))
+    });
+    assert!(e == t, "RMSNorm: evaluation and training forwards differ");
+    check(
+        "RMSNorm evaluation vs torch",
+        &e,
+        &values(&a, "norm.y"),
+        1e-6,
+    );
+
+    let (e, t) = both(&|d| {
+        to_f32_vec(swiglu::swiglu(
+            tensor::<3>(&a, "swiglu.gate", d),
+            tensor::<3>(&a, "swiglu.up", d),
+        ))
+    });
+    assert!(e == t, "SwiGLU: evaluation and training forwards differ");
+    check(
+        "SwiGLU evaluation vs torch",
+        &e,
+        &values(&a, "swiglu.y"),
+        1e-6,
+    );
+
+    let [t_len, d_head, heads] = [37, 16, 3];
+    let (e, t) = both(&|d| {
+        let rot = Rotary::new(
+            values(&a, "rope.cos"),
+            values(&a, "rope.sin"),
+            t_len,
+            d_head,
+            d,
+        );
+        to_f32_vec(rotate_heads(tensor::<3>(&a, "rope.x", d), heads, &rot))
+    });
+    assert!(e == t, "RoPE: evaluation and training forwards differ");
+    check("RoPE evaluation vs torch", &e, &values(&a, "rope.y"), 1e-6);
+
+    let (e, t) = both(&|d| {
+        let x = Tensor::<2>::random([70, 24], Distribution::Normal(0.0, 1.0), d);
+        let w = Tensor::<2>::random([24, 33], Distribution::Normal(0.0, 1.0), d);
+        let x = Tensor::from_data(x.into_data(), d);
+        let w = Tensor::from_data(w.into_data(), d);
+        to_f32_vec(linear::linear(x.clone(), w.clone()))
+            .into_iter()
+            .chain(to_f32_vec(x.matmul(w)))
+            .collect()
+    });
+    let half = e.len() / 2;
+    assert!(
+        e[..half] == e[half..] && t[..half] == t[half..],
+        "linear: the host product differs from burn's matmul"
+    );
+}
+
+/// Where the host kernels cannot run (here: autodiff with gradient checkpointing) each function
+/// is burn's decomposed form, bit for bit.
+#[test]
+fn off_the_cpu_kernels_the_decomposed_form_runs() {
+    let a = arrays();
+    let device = Device::flex().autodiff().gradient_checkpointing();
+    assert_eq!(host_op::path(&device), host_op::HostPath::Decomposed);
     let x = tensor::<3>(&a, "norm.x", &device);
     let w = tensor::<1>(&a, "norm.w", &device);
     assert_eq!(

@@ -69,6 +69,10 @@ fn check_length(model: &Llama, r: &Reference, tag: &str, device: &Device) {
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
     let prof = model.attention_distance(x, &edges, blocks).unwrap();
+    // The same pass's entropy: [layers][1, heads, t] vs [layers, heads, t]
+    let entropy: Vec<f32> = prof.entropy.iter().flatten().copied().collect();
+    let d = max_abs(&entropy, r.values(&format!("{tag}.entropy")));
+    assert!(d <= TOL, "{tag} distance-pass entropy diff {d:e}");
     let mean: Vec<f32> = prof
         .mean()
         .into_iter()

@@ -907,6 +907,46 @@ fn lineage_finds_the_base_and_a_shared_instance_by_key() {
     );
 }
 
+/// Without an ablation, the messages name the rule that found none: lineage when
+/// `runs.parquet` records needs, the `ablation` patterns without it.
+#[test]
+fn a_study_without_an_ablation_says_how_it_looked_for_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = Spec {
+        arms: Vec::new(),
+        ..Spec::new(true)
+    };
+    for lineage in [true, false] {
+        let results = tmp.path().join(format!("results-{lineage}"));
+        write_study(&results, &spec);
+        if lineage {
+            write_runs(&results, &spec, Runs::Shared);
+        }
+        let out = tmp.path().join(format!("out-{lineage}"));
+        let summary = write_report(&results, &out, &ReportOptions::default()).unwrap();
+        let md = std::fs::read_to_string(&summary.report).unwrap();
+        let rule = if lineage {
+            "train stages that fine-tune one `init` at several sequence lengths (from the \
+             recorded lineage)"
+        } else {
+            "stages matching [\"*ablat*\"] (the `ablation` option)"
+        };
+        let f3 = &summary.findings[2];
+        assert_eq!(f3.verdict, Verdict::NotTestable);
+        assert_eq!(
+            f3.summary,
+            format!(
+                "not testable: the fine-tuning-length ablation ({rule}) has 0 arm(s) with a \
+                 known fine-tuning length; at least 2 are needed"
+            )
+        );
+        assert!(
+            md.contains(&format!("Not shown: no rows from {rule}.")),
+            "{md}"
+        );
+    }
+}
+
 #[test]
 fn missing_and_broken_tables_degrade_gracefully() {
     let tmp = tempfile::tempdir().unwrap();

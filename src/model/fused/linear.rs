@@ -14,15 +14,18 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 
 use crate::model::flash::{View, matmul_new};
-use crate::model::host_op::{self, host, input, record, register, unpack};
+use crate::model::host_op::{
+    self, HostPath, host, input, plain_input, plain_output, record, register, unpack,
+};
 
-/// `x W` for `x` `[rows, in]` and `w` `[in, out]`: the host op on the CPU training device,
-/// burn's matmul elsewhere.
+/// `x W` for `x` `[rows, in]` and `w` `[in, out]`: the host op on the CPU (with a backward on
+/// the training device), burn's matmul elsewhere.
 ///
 /// # Panics
 /// If the inner dimensions differ.
 pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    if !host_op::available(&x.device()) {
+    let path = host_op::path(&x.device());
+    if path == HostPath::Decomposed {
         return x.matmul(w);
     }
     let ([rows, d_in], [w_in, d_out]) = (x.dims(), w.dims());
@@ -30,16 +33,22 @@ pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
         d_in, w_in,
         "linear: input width {d_in}, weight [{w_in}, {d_out}]"
     );
+    let product = |x: &FlexTensor, w: &FlexTensor| {
+        let y = matmul_new(
+            rows,
+            d_out,
+            d_in,
+            View::rows(host(x), d_in),
+            View::rows(host(w), d_out),
+        );
+        host_op::tensor(y, &[rows, d_out])
+    };
+    if path == HostPath::Forward {
+        return plain_output(product(&plain_input(x), &plain_input(w)));
+    }
     let (x, x_node) = input(x);
     let (w, w_node) = input(w);
-    let y = matmul_new(
-        rows,
-        d_out,
-        d_in,
-        View::rows(host(&x), d_in),
-        View::rows(host(&w), d_out),
-    );
-    let out = host_op::tensor(y, &[rows, d_out]);
+    let out = product(&x, &w);
     record(LinearBackward, [x_node, w_node], out, || State {
         x,
         w,

@@ -20,21 +20,40 @@ use rayon::prelude::*;
 use super::{BLOCK_ROWS, dot, sum_blocks};
 use crate::model::flash::simd::dispatch;
 use crate::model::host_op::{
-    self, host, input, into_writable, record, register, register_tensor, unpack, values_mut,
+    self, HostPath, host, input, into_writable, plain_input, plain_output, record, register,
+    register_tensor, unpack, values_mut,
 };
 
-/// RMSNorm of `x` `[.., n]` with `weight` `[n]`: the fused op on the CPU training device,
-/// burn's decomposed form elsewhere.
+/// RMSNorm of `x` `[.., n]` with `weight` `[n]`: the fused op on the CPU (with a backward on
+/// the training device), burn's decomposed form elsewhere.
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
-    if !host_op::available(&x.device()) {
-        return decomposed(x, weight, eps);
-    }
     let dims = x.dims();
-    let n = dims[D - 1];
-    let (x, x_node) = input(x);
-    let (w, w_node) = input(weight);
-    let (xs, ws) = (host(&x), host(&w));
-    assert_eq!(ws.len(), n, "RMSNorm weight size");
+    match host_op::path(&x.device()) {
+        HostPath::Decomposed => decomposed(x, weight, eps),
+        HostPath::Forward => {
+            let (x, w) = (plain_input(x), plain_input(weight));
+            let (y, _) = forward(host(&x), host(&w), eps);
+            plain_output(host_op::tensor(y, &dims))
+        }
+        HostPath::Tracked => {
+            let (x, x_node) = input(x);
+            let (w, w_node) = input(weight);
+            let (y, inv) = forward(host(&x), host(&w), eps);
+            let out = host_op::tensor(y, &dims);
+            record(NormBackward, [x_node, w_node], out, || State {
+                x,
+                w,
+                inv: Arc::new(inv),
+                dims: dims.to_vec(),
+            })
+        }
+    }
+}
+
+/// The normed rows of `xs` (rows of `ws.len()` values) and each row's `1 / rms`.
+fn forward(xs: &[f32], ws: &[f32], eps: f64) -> (Vec<f32>, Vec<f32>) {
+    let n = ws.len();
+    assert_eq!(xs.len() % n, 0, "RMSNorm weight size");
     let rows = xs.len() / n;
     let mut y = vec![0f32; xs.len()];
     let mut inv = vec![0f32; rows];
@@ -45,16 +64,10 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Te
             let x = &xs[bi * BLOCK_ROWS * n..][..y.len()];
             forward_rows(x, ws, eps as f32, y, inv);
         });
-    let out = host_op::tensor(y, &dims);
-    record(NormBackward, [x_node, w_node], out, || State {
-        x,
-        w,
-        inv: Arc::new(inv),
-        dims: dims.to_vec(),
-    })
+    (y, inv)
 }
 
-/// burn's decomposed RMSNorm (any device; the evaluation forward).
+/// burn's decomposed RMSNorm (any device; the reference of the tests).
 pub fn decomposed<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
     let rms = (x.clone().square().mean_dim(D - 1) + eps).sqrt();
     (x / rms) * weight.unsqueeze::<D>()

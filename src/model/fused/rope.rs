@@ -14,7 +14,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::model::flash::simd::{dispatch, fmadd};
-use crate::model::host_op::{self, host, input, record, register, unpack};
+use crate::model::host_op::{
+    self, HostPath, host, input, plain_input, plain_output, record, register, unpack,
+};
 use crate::model::llama::apply_rope;
 
 /// cos and sin of `len` consecutive positions, `[len, dim]`, on the host and as `[1, 1, len,
@@ -59,7 +61,8 @@ impl Rotary {
 }
 
 /// `x` `[b, t, heads * d]` as `[b, heads, t, d]` with RoPE applied (`t` = the table's length,
-/// `d` its width): the fused op on the CPU training device, burn's decomposed form elsewhere.
+/// `d` its width): the fused op on the CPU (with a backward on the training device), burn's
+/// decomposed form elsewhere.
 ///
 /// # Panics
 /// If the shapes do not fit the table.
@@ -71,26 +74,37 @@ pub fn rotate_heads(x: Tensor<3>, heads: usize, rot: &Rotary) -> Tensor<4> {
         "RoPE: input [{b}, {t}, {width}] does not fit {heads} heads of a [{}, {d}] table",
         rot.len
     );
-    if !host_op::available(&x.device()) {
+    let path = host_op::path(&x.device());
+    if path == HostPath::Decomposed {
         let x = x.reshape([b, t, heads, d]).swap_dims(1, 2);
         let (cos, sin) = rot.tensors();
         return apply_rope(x, cos, sin);
     }
-    let (x, node) = input(x);
-    let xs = host(&x);
     let lay = Layout { t, heads, d };
-    let mut y = vec![0f32; xs.len()];
-    // One task per (batch row, head): a contiguous [t, d] block of the output.
-    y.par_chunks_mut(t * d).enumerate().for_each(|(bh, y)| {
-        forward_head(xs, &rot.cos, &rot.sin, bh, lay, y);
-    });
     let dims = [b, heads, t, d];
-    let out = host_op::tensor(y, &dims);
+    if path == HostPath::Forward {
+        let x = plain_input(x);
+        return plain_output(host_op::tensor(forward(host(&x), rot, lay), &dims));
+    }
+    let (x, node) = input(x);
+    let out = host_op::tensor(forward(host(&x), rot, lay), &dims);
     record(RopeBackward, [node], out, || State {
         rot: rot.clone(),
         lay,
         batch: b,
     })
+}
+
+/// `xs` `[b, t, heads * d]` rotated into `[b, heads, t, d]`.
+fn forward(xs: &[f32], rot: &Rotary, lay: Layout) -> Vec<f32> {
+    let mut y = vec![0f32; xs.len()];
+    // One task per (batch row, head): a contiguous [t, d] block of the output.
+    y.par_chunks_mut(lay.t * lay.d)
+        .enumerate()
+        .for_each(|(bh, y)| {
+            forward_head(xs, &rot.cos, &rot.sin, bh, lay, y);
+        });
+    y
 }
 
 /// The sizes of one [`rotate_heads`].

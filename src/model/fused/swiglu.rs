@@ -18,37 +18,48 @@ use rayon::prelude::*;
 
 use crate::model::flash::simd::{dispatch, exp_with};
 use crate::model::host_op::{
-    self, host, input, into_writable, record, register, register_tensor, unpack, values_mut,
+    self, HostPath, host, input, into_writable, plain_input, plain_output, record, register,
+    register_tensor, unpack, values_mut,
 };
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
-/// `silu(gate) * up` (same shapes): the fused op on the CPU training device, burn's decomposed
-/// form elsewhere.
+/// `silu(gate) * up` (same shapes): the fused op on the CPU (with a backward on the training
+/// device), burn's decomposed form elsewhere.
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
-    if !host_op::available(&gate.device()) {
-        return decomposed(gate, up);
-    }
     let dims = gate.dims();
     assert_eq!(dims, up.dims(), "SwiGLU: gate and up shapes differ");
-    let (g, g_node) = input(gate);
-    let (u, u_node) = input(up);
-    let (gs, us) = (host(&g), host(&u));
+    match host_op::path(&gate.device()) {
+        HostPath::Decomposed => decomposed(gate, up),
+        HostPath::Forward => {
+            let (g, u) = (plain_input(gate), plain_input(up));
+            plain_output(host_op::tensor(forward(host(&g), host(&u)), &dims))
+        }
+        HostPath::Tracked => {
+            let (g, g_node) = input(gate);
+            let (u, u_node) = input(up);
+            let out = host_op::tensor(forward(host(&g), host(&u)), &dims);
+            record(SwigluBackward, [g_node, u_node], out, || State {
+                g,
+                u,
+                dims: dims.to_vec(),
+            })
+        }
+    }
+}
+
+/// `silu(g) * u` elementwise.
+fn forward(gs: &[f32], us: &[f32]) -> Vec<f32> {
     let mut y = vec![0f32; gs.len()];
     y.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, y)| {
         let span = ci * CHUNK..ci * CHUNK + y.len();
         forward_kernel(&gs[span.clone()], &us[span], y);
     });
-    let out = host_op::tensor(y, &dims);
-    record(SwigluBackward, [g_node, u_node], out, || State {
-        g,
-        u,
-        dims: dims.to_vec(),
-    })
+    y
 }
 
-/// burn's decomposed form (any device; the evaluation forward).
+/// burn's decomposed form (any device; the reference of the tests).
 pub fn decomposed<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     silu(gate) * up
 }

@@ -252,6 +252,21 @@ impl Study {
         ModelId { group, variant }
     }
 
+    /// How the report finds the fine-tuning-length ablation, for messages: lineage when
+    /// `runs.parquet` records needs, else the `ablation` option's patterns.
+    pub fn ablation_rule(&self, opts: &ReportOptions) -> String {
+        if self.base_keys.is_empty() {
+            format!(
+                "stages matching {:?} (the `ablation` option)",
+                opts.ablation
+            )
+        } else {
+            "train stages that fine-tune one `init` at several sequence lengths (from the \
+             recorded lineage)"
+                .into()
+        }
+    }
+
     /// The cache key of the instance that wrote a row (from `runs.parquet`).
     pub fn key_of<T>(&self, r: &ResultRow<T>) -> Option<&str> {
         self.lineage.key(&r.stage, &r.instance)

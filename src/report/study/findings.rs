@@ -1133,9 +1133,9 @@ pub fn finding3(study: &Study, opts: &ReportOptions) -> Finding {
             claim,
             verdict: Verdict::NotTestable,
             summary: format!(
-                "not testable: the fine-tuning-length ablation (stages matching {:?}) has {} \
-                 arm(s) with a known fine-tuning length; at least 2 are needed",
-                opts.ablation,
+                "not testable: the fine-tuning-length ablation ({}) has {} arm(s) with a known \
+                 fine-tuning length; at least 2 are needed",
+                study.ablation_rule(opts),
                 lengths.len()
             ),
             subtests: Vec::new(),
