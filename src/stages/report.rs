@@ -29,7 +29,8 @@ impl StageKind for Report {
     // 4: training-free models (lineage) labelled and not gated; a tick at each measured length.
     // 5: the heatmaps' dashed line is mentioned only where a model has a fine-tuning length.
     // 6: each perplexity table says what its mode scores.
-    const VERSION: u32 = 6;
+    // 7: the ablation's "not testable" / "Not shown" messages name the rule that decided.
+    const VERSION: u32 = 7;
     type Params = ReportOptions;
 
     fn needs() -> Needs {

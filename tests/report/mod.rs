@@ -926,10 +926,10 @@ fn a_study_without_an_ablation_says_how_it_looked_for_one() {
         let summary = write_report(&results, &out, &ReportOptions::default()).unwrap();
         let md = std::fs::read_to_string(&summary.report).unwrap();
         let rule = if lineage {
-            "train stages that fine-tune one `init` at several sequence lengths (from the \
-             recorded lineage)"
+            "train stages that fine-tune one `init` at several sequence lengths, by the \
+             recorded lineage"
         } else {
-            "stages matching [\"*ablat*\"] (the `ablation` option)"
+            "stages matching [\"*ablat*\"], the `ablation` option"
         };
         let f3 = &summary.findings[2];
         assert_eq!(f3.verdict, Verdict::NotTestable);

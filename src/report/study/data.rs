@@ -257,12 +257,12 @@ impl Study {
     pub fn ablation_rule(&self, opts: &ReportOptions) -> String {
         if self.base_keys.is_empty() {
             format!(
-                "stages matching {:?} (the `ablation` option)",
+                "stages matching {:?}, the `ablation` option",
                 opts.ablation
             )
         } else {
-            "train stages that fine-tune one `init` at several sequence lengths (from the \
-             recorded lineage)"
+            "train stages that fine-tune one `init` at several sequence lengths, by the \
+             recorded lineage"
                 .into()
         }
     }
