@@ -4,9 +4,9 @@
 //! (`attention_divergence`, the paper's Table 1).
 //!
 //! Both statistics come from one blockwise forward per batch of windows
-//! ([`Llama::attention_distance`]: per layer, one attention pass that also gives each query's
-//! entropy, and one pass over the scores for the distance sums), so memory is linear in length
-//! and the analysis costs about one and a half plain forwards. Query positions and relative
+//! ([`Llama::attention_distance`]: per layer, one attention pass that gives the output, each
+//! query's entropy and the probability mass by distance bucket), so memory is linear in length
+//! and the analysis costs less than a perplexity forward (no LM head) on the CPU. Query positions and relative
 //! distances share one log-spaced bucketing ([`DistanceBuckets`], base 2): `0 | 1 | 2-3 | 4-7
 //! | ...`; entropy grows roughly with the log of the number of visible keys, so log buckets
 //! keep the early positions resolved.

@@ -438,6 +438,51 @@ fn attention_entropy_of_uniform_and_one_hot_rows() {
     assert_eq!(rows.last().unwrap().query_bucket_hi, 99);
 }
 
+/// Windows analysed two to a forward give each window's own numbers: the per-query entropy and
+/// distance mass are read back per (window, head), so a swapped batch and head index would mix
+/// heads (the fixture model's heads differ).
+#[test]
+fn attention_analysis_of_a_batch_equals_its_windows_one_at_a_time() {
+    let device = Device::flex();
+    let model = load_llama(&dir("default"), &device).unwrap();
+    let r = Reference::load("default");
+    let ids = r.ids("long.input_ids");
+    let len = 48;
+    let windows: Vec<Vec<u32>> = [0, 20, 40, 60]
+        .iter()
+        .map(|&s| ids[s..s + len].to_vec())
+        .collect();
+    let blocks = AttentionBlocks { query: 16, key: 24 };
+    let batched = attention_analysis(&model, &windows, blocks, 2, &Silent).unwrap();
+    let single = attention_analysis(&model, &windows, blocks, 1, &Silent).unwrap();
+    assert_eq!(batched.entropy.len(), single.entropy.len());
+    let of = |head: i64| {
+        single
+            .entropy
+            .iter()
+            .filter(move |r| r.head == head)
+            .map(|r| r.entropy_mean)
+    };
+    assert!(
+        of(0).zip(of(1)).any(|(a, b)| (a - b).abs() > 1e-3),
+        "heads 0 and 1 must differ for this test to mean anything"
+    );
+    for (b, s) in batched.entropy.iter().zip(&single.entropy) {
+        assert_eq!((b.layer, b.head, b.queries), (s.layer, s.head, s.queries));
+        assert!(
+            (b.entropy_mean - s.entropy_mean).abs() < 1e-5,
+            "{b:?} vs {s:?}"
+        );
+    }
+    let (bd, sd) = (
+        distance_rows(&batched.distance).unwrap(),
+        distance_rows(&single.distance).unwrap(),
+    );
+    for (b, s) in bd.iter().zip(&sd) {
+        assert!((b.mass - s.mass).abs() < 1e-5, "{b:?} vs {s:?}");
+    }
+}
+
 #[test]
 fn attention_distance_of_uniform_attention() {
     let device = Device::flex();

@@ -253,13 +253,11 @@ impl Study {
     }
 
     /// How the report finds the fine-tuning-length ablation, for messages: lineage when
-    /// `runs.parquet` records needs, else the `ablation` option's patterns.
+    /// `runs.parquet` identifies a base model (as [`Study::model_of`] decides), else the
+    /// `ablation` option's patterns.
     pub fn ablation_rule(&self, opts: &ReportOptions) -> String {
         if self.base_keys.is_empty() {
-            format!(
-                "stages matching {:?}, the `ablation` option",
-                opts.ablation
-            )
+            format!("stages matching {:?}, the `ablation` option", opts.ablation)
         } else {
             "train stages that fine-tune one `init` at several sequence lengths, by the \
              recorded lineage"
