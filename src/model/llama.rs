@@ -468,7 +468,13 @@ impl Llama {
     pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed_tokens.val().transpose().unsqueeze::<3>()),
+            None => {
+                let [b, t, h] = hidden.dims();
+                let embed = self.embed_tokens.val();
+                let vocab = embed.dims()[0];
+                fused::linear::linear_transposed(hidden.reshape([b * t, h]), embed)
+                    .reshape([b, t, vocab])
+            }
         }
     }
 

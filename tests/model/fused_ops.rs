@@ -205,6 +205,32 @@ fn linear_equals_burns_matmul_bit_for_bit() {
     }
 }
 
+/// The tied head's product reads the embedding transposed in place and gives burn's 2-D
+/// `x.matmul(w.transpose())` bit for bit (below and above burn's parallel-GEMM threshold), and
+/// the head's former batched form wherever it has more than one row. With one row (a decoding
+/// step) burn's batched product takes another path whose last bits differ: `eval_needle`
+/// version 4.
+#[test]
+fn transposed_linear_equals_burns_matmul_of_the_transpose_bit_for_bit() {
+    let device = Device::flex();
+    device.seed(9);
+    for (rows, d_in, d_out) in [(7, 48, 200), (300, 160, 700), (1, 576, 4099)] {
+        let x = Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<2>::random([d_out, d_in], Distribution::Normal(0.0, 1.0), &device);
+        let fused = to_f32_vec(linear::linear_transposed(x.clone(), w.clone()));
+        let burn = to_f32_vec(x.clone().matmul(w.clone().transpose()));
+        let batched = to_f32_vec(x.unsqueeze::<3>().matmul(w.transpose().unsqueeze::<3>()));
+        let case = format!("[{rows}, {d_in}] x [{d_out}, {d_in}]^T");
+        assert!(fused == burn, "{case} differs from burn's");
+        if rows > 1 {
+            assert!(fused == batched, "{case} differs from the batched form");
+        } else {
+            let d = rel_diff(&fused, &batched);
+            assert!(d < 1e-6, "{case}: {d:e} from the batched form");
+        }
+    }
+}
+
 #[test]
 fn cross_entropy_refuses_a_target_outside_the_vocabulary() {
     let device = train_device();
