@@ -204,9 +204,9 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
-    /// The evaluation of a checkpoint at long lengths (`eval_ppl`'s NLL, or the attention
-    /// stage's entropy or distance pass) on one random window per length; compare with
-    /// `python bench/torch_eval.py run DIR --lengths ...` on the same machine.
+    /// The evaluation of a checkpoint at long lengths (`eval_ppl`'s NLL, the attention stage's
+    /// analysis, or greedy decoding) on one random window per length; compare with `python
+    /// bench/torch_eval.py run|generate DIR --lengths ...` on the same machine.
     Eval {
         /// Hugging Face checkpoint directory (config.json + safetensors).
         #[arg(long)]
@@ -223,6 +223,10 @@ pub enum BenchCommand {
         /// Positions per head/loss chunk (the `eval_ppl` stage's `chunk`).
         #[arg(long, default_value_t = 1024)]
         chunk: usize,
+        /// `--work generate`: tokens decoded after the first; the per-token time is a
+        /// difference of two runs divided by this, so raise it at long prompts.
+        #[arg(long, default_value_t = crate::eval::bench::DECODE_TOKENS)]
+        new_tokens: usize,
         /// Device: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -403,17 +407,22 @@ fn bench_command(command: BenchCommand) -> Result<()> {
             work,
             iters,
             chunk,
+            new_tokens,
             device,
         } => {
             let dev = crate::device::device(&device).map_err(|e| failed(&e))?;
             let threads = rayon::current_num_threads();
+            let opts = crate::eval::bench::EvalBenchOptions {
+                work,
+                iters,
+                chunk,
+                new_tokens,
+            };
             let load_s = crate::eval::bench::bench_eval(
                 &model,
                 &dev,
                 &lengths,
-                work,
-                iters,
-                chunk,
+                opts,
                 &mut |r| {
                     println!(
                         "{{\"impl\":\"ropelens\",\"work\":\"{work:?}\",\"threads\":{threads},\"length\":{},\"seconds\":{:.3},\"cpu_s\":{:.3},\"all_s\":{:?},\"tokens_per_s\":{:.1},\"peak_rss_mib\":{:.1},\"decode_token_s\":{}}}",

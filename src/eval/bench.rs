@@ -31,12 +31,29 @@ pub enum EvalWork {
     /// stage's one pass).
     Attention,
     /// Greedy decoding with the KV cache (the needle task): `seconds` is the prompt's prefill
-    /// and first token (`cpu_s` covers both runs), `decode_token_s` each further token (16 of them).
+    /// and first token (`cpu_s` covers both runs), `decode_token_s` each further token
+    /// (`--new-tokens` of them, default 16).
     Generate,
 }
 
-/// Tokens decoded after the first by [`EvalWork::Generate`] (the needle task's default).
-const DECODE_TOKENS: usize = 16;
+/// Tokens decoded after the first by [`EvalWork::Generate`] unless told otherwise (the needle
+/// task's default answer length).
+pub const DECODE_TOKENS: usize = 16;
+
+/// What [`bench_eval`] does at each length besides the window itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalBenchOptions {
+    /// What to time.
+    pub work: EvalWork,
+    /// Timed repetitions per length (the median is reported).
+    pub iters: usize,
+    /// Positions per head/loss chunk (`EvalWork::Ppl`).
+    pub chunk: usize,
+    /// Tokens decoded after the first (`EvalWork::Generate`). The per-token time is the
+    /// difference of two runs (`1 + new_tokens` tokens and 1) over `new_tokens`, so the
+    /// prefill's own spread is divided by it: raise it at long prompts.
+    pub new_tokens: usize,
+}
 
 /// One measured length.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,15 +93,14 @@ pub fn peak_rss_mib() -> f64 {
     0.0
 }
 
-/// Load the checkpoint in `dir` on `device`, then time `work` at each length (`iters`
-/// repetitions, median), calling `report` after each length. Returns the load seconds.
+/// Load the checkpoint in `dir` on `device`, then time `opts.work` at each length
+/// (`opts.iters` repetitions, median), calling `report` after each length. Returns the load
+/// seconds.
 pub fn bench_eval(
     dir: &Path,
     device: &burn::tensor::Device,
     lengths: &[usize],
-    work: EvalWork,
-    iters: usize,
-    chunk: usize,
+    opts: EvalBenchOptions,
     report: &mut dyn FnMut(&EvalBenchRow),
 ) -> Result<f64> {
     let start = Instant::now();
@@ -101,14 +117,14 @@ pub fn bench_eval(
         let mut all_seconds = Vec::new();
         let mut decode = Vec::new();
         let mut cpu = Vec::new();
-        for _ in 0..iters.max(1) {
+        for _ in 0..opts.iters.max(1) {
             let window: Vec<u32> = (0..length).map(|_| rng.random_range(0..vocab)).collect();
             let windows = [window];
             let t = Instant::now();
             let cpu_start = process_cpu_s();
-            match work {
+            match opts.work {
                 EvalWork::Ppl => {
-                    window_nll(&model, &windows, chunk)?;
+                    window_nll(&model, &windows, opts.chunk)?;
                 }
                 EvalWork::Attention => {
                     attention_analysis(&model, &windows, AttentionBlocks::flash(), 1, &Silent)?;
@@ -121,9 +137,10 @@ pub fn bench_eval(
                     greedy_decode(&model, &windows[0], &decode_n(1))?;
                     let first = t.elapsed().as_secs_f64();
                     let t2 = Instant::now();
-                    greedy_decode(&model, &windows[0], &decode_n(1 + DECODE_TOKENS))?;
+                    let n = opts.new_tokens.max(1);
+                    greedy_decode(&model, &windows[0], &decode_n(1 + n))?;
                     let full = t2.elapsed().as_secs_f64();
-                    decode.push((full - first) / DECODE_TOKENS as f64);
+                    decode.push((full - first) / n as f64);
                     all_seconds.push(first);
                     cpu.push(process_cpu_s() - cpu_start);
                     continue;

@@ -86,3 +86,44 @@ fn bench_train_runs_a_tiny_shape_and_reports_it() {
     let tps = v["tokens_per_s"].as_f64().unwrap_or(0.0);
     assert!((tps - 4.0 * 8.0 / step_s).abs() <= 0.5, "{line}");
 }
+
+/// `pipe bench eval` on a tiny checkpoint: one JSON line per length for each work, a decode
+/// time only for `generate`, and a clear error for a window too short to score.
+#[test]
+fn bench_eval_runs_each_work_on_a_tiny_checkpoint() {
+    let p = Project::new();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/default");
+    let model = model.to_str().expect("utf-8 path");
+    for (work, decodes) in [("ppl", false), ("attention", false), ("generate", true)] {
+        let out = p.ok(&[
+            "bench",
+            "eval",
+            "--model",
+            model,
+            "--lengths",
+            "8",
+            "12",
+            "--work",
+            work,
+            "--new-tokens",
+            "3",
+        ]);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .filter(|l| l.starts_with("{\"impl\""))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{work}: {out}");
+        for (v, length) in lines.iter().zip([8, 12]) {
+            assert_eq!(v["length"], length, "{work}: {v}");
+            // `seconds` is rounded to milliseconds; `all_s` holds the raw times.
+            assert!(
+                v["all_s"][0].as_f64().is_some_and(|s| s > 0.0),
+                "{work}: {v}"
+            );
+            assert_eq!(v["decode_token_s"].is_number(), decodes, "{work}: {v}");
+        }
+    }
+    let err = p.fail(&["bench", "eval", "--model", model, "--lengths", "1"]);
+    assert!(err.contains("bench length 1: at least 2 tokens"), "{err}");
+}
