@@ -319,12 +319,18 @@ pub fn attend_profile(
     let mut sums = vec![0f64; heads * nb];
     for h in 0..heads {
         for d in 0..max_d {
-            if let Some(b) = edges.windows(2).position(|w| w[0] <= d && d < w[1]) {
+            if let Some(b) = distance_bucket(edges, d) {
                 sums[h * nb + b] += per_distance[h * max_d + d];
             }
         }
     }
     (o, e.expect("entropy requested"), sums)
+}
+
+/// The bucket of distance `d` under `edges` (bucket `b` = `edges[b] <= d < edges[b + 1]`), if
+/// any.
+pub fn distance_bucket(edges: &[usize], d: usize) -> Option<usize> {
+    edges.windows(2).position(|w| w[0] <= d && d < w[1])
 }
 
 /// Sums of attention probabilities by relative distance, one head at a time summed over the

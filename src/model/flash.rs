@@ -786,7 +786,9 @@ mod tests {
     use super::*;
 
     use crate::model::attention::tests::{max_diff, random_qkv, row_entropies};
-    use crate::model::attention::{attend_blockwise, attend_materialized, distance_sums as sums};
+    use crate::model::attention::{
+        attend_blockwise, attend_materialized, distance_bucket, distance_sums as sums,
+    };
     use crate::model::llama::to_f32_vec;
 
     /// The kernel against the materialized softmax (probabilities, entropy from them, distance
@@ -862,8 +864,7 @@ mod tests {
                     for i in 0..n {
                         for j in 0..=i {
                             let dd = i - j;
-                            if let Some(bi) = edges.windows(2).position(|w| w[0] <= dd && dd < w[1])
-                            {
+                            if let Some(bi) = distance_bucket(&edges, dd) {
                                 want[h * nb + bi] += p[((b * heads + h) * n + i) * n + j] as f64;
                             }
                         }

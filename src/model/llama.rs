@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::attention::{
     AttentionBlocks, attend_blockwise, attend_fused, attend_materialized, attend_profile,
+    distance_bucket,
 };
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
@@ -681,10 +682,9 @@ impl Llama {
             prob_sum.push(sums.chunks(nb).map(<[f64]>::to_vec).collect());
             x = self.finish_layer(layer, x, o, [b, t, heads * hd]);
         }
-        let bucket_of = |d: usize| edges.windows(2).position(|w| w[0] <= d && d < w[1]);
         let mut pair_count = vec![0u64; nb];
         for d in 0..max_d {
-            if let Some(bi) = bucket_of(d) {
+            if let Some(bi) = distance_bucket(edges, d) {
                 pair_count[bi] += (b * (t - d)) as u64;
             }
         }

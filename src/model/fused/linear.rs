@@ -33,22 +33,14 @@ pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
         d_in, w_in,
         "linear: input width {d_in}, weight [{w_in}, {d_out}]"
     );
-    let product = |x: &FlexTensor, w: &FlexTensor| {
-        let y = matmul_new(
-            rows,
-            d_out,
-            d_in,
-            View::rows(host(x), d_in),
-            View::rows(host(w), d_out),
-        );
-        host_op::tensor(y, &[rows, d_out])
-    };
+    let sizes = (rows, d_in, d_out);
     if path == HostPath::Forward {
-        return plain_output(product(&plain_input(x), &plain_input(w)));
+        let (x, w) = (plain_input(x), plain_input(w));
+        return plain_output(product(&x, View::rows(host(&w), d_out), sizes));
     }
     let (x, x_node) = input(x);
     let (w, w_node) = input(w);
-    let out = product(&x, &w);
+    let out = product(&x, View::rows(host(&w), d_out), sizes);
     record(LinearBackward, [x_node, w_node], out, || State {
         x,
         w,
@@ -73,14 +65,17 @@ pub fn linear_transposed(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
         "linear: input width {d_in}, transposed weight [{d_out}, {w_in}]"
     );
     let (x, w) = (plain_input(x), plain_input(w));
-    let y = matmul_new(
-        rows,
-        d_out,
-        d_in,
-        View::rows(host(&x), d_in),
+    plain_output(product(
+        &x,
         View::transposed(host(&w), d_in),
-    );
-    plain_output(host_op::tensor(y, &[rows, d_out]))
+        (rows, d_in, d_out),
+    ))
+}
+
+/// `x` `[rows, in]` times `rhs` `[in, out]` (a view of the weight as stored) as a new tensor.
+fn product(x: &FlexTensor, rhs: View, (rows, d_in, d_out): (usize, usize, usize)) -> FlexTensor {
+    let y = matmul_new(rows, d_out, d_in, View::rows(host(x), d_in), rhs);
+    host_op::tensor(y, &[rows, d_out])
 }
 
 /// The backward step's marker.
