@@ -384,17 +384,59 @@ fn gc_keeps_a_partial_build_a_process_still_writes() {
         std::fs::write(d.join("out.txt"), "half").unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(d.join(".pipe-work.lock"), "").unwrap_or_else(|e| panic!("{e}"));
     }
-    let lock = std::fs::File::options()
-        .write(true)
-        .open(writing.join(".pipe-work.lock"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    lock.lock().unwrap_or_else(|e| panic!("{e}"));
+    // The orphan is a separate process, as in life. Were the lock taken on a descriptor of this
+    // test process, a sibling test's fork between our `lock` and our release would hold a copy
+    // of it until that child's exec, and the second gc below could find it still held (seen
+    // once under load).
+    let orphan = Orphan::holding(&writing.join(".pipe-work.lock"));
     let gc = p.ok(&["cache", "gc", "p.toml"]);
     assert!(writing.is_dir(), "removed while a process writes it:\n{gc}");
     assert!(!dead.exists(), "{gc}");
     assert!(gc.contains("removed 1 entries"), "{gc}");
     assert_eq!(p.entries().len(), 3);
-    drop(lock);
+    drop(orphan);
     let gc = p.ok(&["cache", "gc", "p.toml"]);
     assert!(!writing.exists(), "{gc}");
+}
+
+/// A process that holds an exclusive `flock` on a file until dropped (killed and reaped).
+struct Orphan(std::process::Child);
+
+impl Orphan {
+    fn holding(lock_file: &std::path::Path) -> Orphan {
+        use std::io::BufRead;
+        // The shell opens the file as descriptor 9, `flock` locks it (the lock belongs to the
+        // open file, which the shell keeps), the shell says so on stdout and becomes `sleep`,
+        // the lock's holder. This process never opens the file, so no fork of it can hold the
+        // lock.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "exec 9>>\"$1\" && flock -x 9 && echo locked && exec sleep 600",
+                "sh",
+            ])
+            .arg(lock_file)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("sh: {e}"));
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            line,
+            "locked\n",
+            "flock did not take {}",
+            lock_file.display()
+        );
+        Orphan(child)
+    }
+}
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

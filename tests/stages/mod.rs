@@ -102,6 +102,18 @@ fn every_pipeline_in_the_repository_validates() {
             "real-smollm2.toml"
         ]
     );
+    // The variants behind docs/study.md's measurements, with results committed beside the main
+    // runs: each must still describe what a reader can re-run.
+    let mut variants = 0;
+    for entry in std::fs::read_dir(dir.join("variants")).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = p.ok(&["validate", path.to_str().unwrap()]);
+            assert!(out.contains(": ok ("), "{}: {out}", path.display());
+            variants += 1;
+        }
+    }
+    assert!(variants >= 5, "{variants} variants in pipelines/variants");
 }
 
 /// `pipe rope` prints the frequency view of a config.json, with RoPE keys overridden; bad keys
