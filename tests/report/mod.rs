@@ -1040,7 +1040,12 @@ fn readme_quotes_only_numbers_of_the_committed_reports() {
     for (heading, pipelines, at_least) in [
         (
             "## What the committed runs show",
-            &["paper-small", "quickstart", "quickstart-ft900"][..],
+            &[
+                "paper-small",
+                "paper-small-h64",
+                "quickstart",
+                "quickstart-ft900",
+            ][..],
             8,
         ),
         (
