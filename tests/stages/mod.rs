@@ -59,38 +59,45 @@ fn data_stats_vocab(results: &Path) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// Every pipeline file shipped in `pipelines/` parses, names only keys that exist and forms a
-/// DAG; the paper-small study has its full shape (too long to run in a test: it is run by hand
-/// and its results are committed).
+/// Every pipeline file shipped in `pipelines/` and `pipelines/variants/` (the variants behind
+/// docs/study.md's measurements, whose results are committed) parses, names only keys that
+/// exist and forms a DAG; the paper-small study has its full shape (too long to run in a test:
+/// it is run by hand and its results are committed).
 #[test]
 fn every_pipeline_in_the_repository_validates() {
     let p = crate::runner::Project::new();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/default");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixture = root.join("tests/fixtures/hf/default");
     let mut seen = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "toml") {
-            continue;
+    for dir in ["pipelines", "pipelines/variants"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let file = path.to_str().unwrap();
+            let name = path
+                .strip_prefix(root.join("pipelines"))
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            // real-model.toml leaves its two paths to the user on purpose ("<required>").
+            let model = format!("stages.model.path={}", fixture.display());
+            let corpus = format!("stages.data.source.text.path={}", p.path().display());
+            let mut args = vec!["validate", file];
+            if name == "real-model.toml" {
+                args.extend(["--set", &model, "--set", &corpus]);
+            }
+            let out = p.ok(&args);
+            assert!(out.contains(": ok ("), "{name}: {out}");
+            if name == "paper-small.toml" {
+                // 4 corpora (pretraining, fine-tuning, ablation, evaluation), 3 seeds x (base,
+                // 5 extensions, 3 ablation arms, and their evaluations of 3 kinds), one report
+                // (docs/study.md): 4 + 3 x (1 + 5 + 3) x 4 + 1.
+                assert!(out.contains("(17 stages, 113 instances)"), "{out}");
+            }
+            seen.push(name);
         }
-        let file = path.to_str().unwrap();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        // real-model.toml leaves its two paths to the user on purpose ("<required>").
-        let model = format!("stages.model.path={}", fixture.display());
-        let corpus = format!("stages.data.source.text.path={}", p.path().display());
-        let mut args = vec!["validate", file];
-        if name == "real-model.toml" {
-            args.extend(["--set", &model, "--set", &corpus]);
-        }
-        let out = p.ok(&args);
-        assert!(out.contains(": ok ("), "{name}: {out}");
-        if name == "paper-small.toml" {
-            // 4 corpora (pretraining, fine-tuning, ablation, evaluation), 3 seeds x (base,
-            // 5 extensions, 3 ablation arms, and their evaluations of 3 kinds), one report
-            // (docs/study.md): 4 + 3 x (1 + 5 + 3) x 4 + 1.
-            assert!(out.contains("(17 stages, 113 instances)"), "{out}");
-        }
-        seen.push(name);
     }
     seen.sort();
     assert_eq!(
@@ -99,21 +106,15 @@ fn every_pipeline_in_the_repository_validates() {
             "paper-small.toml",
             "quickstart.toml",
             "real-model.toml",
-            "real-smollm2.toml"
+            "real-smollm2.toml",
+            "variants/paper-small-h64.toml",
+            "variants/quickstart-ft900.toml",
+            "variants/quickstart-h64.toml",
+            "variants/quickstart-solid-ft1500.toml",
+            "variants/quickstart-solid.toml",
+            "variants/quickstart-theta100.toml",
         ]
     );
-    // The variants behind docs/study.md's measurements, with results committed beside the main
-    // runs: each must still describe what a reader can re-run.
-    let mut variants = 0;
-    for entry in std::fs::read_dir(dir.join("variants")).unwrap().flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let out = p.ok(&["validate", path.to_str().unwrap()]);
-            assert!(out.contains(": ok ("), "{}: {out}", path.display());
-            variants += 1;
-        }
-    }
-    assert!(variants >= 5, "{variants} variants in pipelines/variants");
 }
 
 /// `pipe rope` prints the frequency view of a config.json, with RoPE keys overridden; bad keys
